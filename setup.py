@@ -1,0 +1,41 @@
+"""Declares the compiled core; all metadata lives in pyproject.toml."""
+
+import os
+
+import numpy
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTBATCH_DEBUG") == "1"
+
+directives = {
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "cdivision": not DEBUG,
+    "initializedcheck": DEBUG,
+    "linetrace": DEBUG,
+}
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+if DEBUG:
+    macros.append(("CYTHON_TRACE_NOGIL", "1"))
+
+compile_args = ["/std:c++17"] if os.name == "nt" else ["-std=c++17", "-O2"]
+
+extensions = [
+    Extension(
+        "fastbatch._core",
+        ["src/fastbatch/_core.pyx"],
+        include_dirs=[numpy.get_include(), "src/fastbatch"],
+        define_macros=macros,
+        language="c++",
+        extra_compile_args=compile_args,
+    )
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=directives,
+        annotate=DEBUG,
+    ),
+)

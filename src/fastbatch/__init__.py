@@ -1,0 +1,43 @@
+"""fastbatch: in-process dynamic batching with a compiled core.
+
+Producers on any thread call :meth:`BatchProcessor.enqueue_predict` and get a future; a
+worker thread forms batches by size or timeout, calls the batch function once per batch
+and hands each future its rows of the result.
+"""
+
+from ._config import BatchPriority, BatchProcessingStrategy, BatchProcessorConfig
+from ._errors import (
+    BatchDtypeError,
+    BatchShapeError,
+    FastBatchError,
+    ItemTimeoutError,
+    ProcessorStoppedError,
+    QueueClosedError,
+    QueueFullError,
+    ResultMismatchError,
+)
+from ._future import BatchFuture
+from ._health import HealthSnapshot
+from ._processor import BatchProcessor
+from ._stats import BatchStats
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchDtypeError",
+    "BatchFuture",
+    "BatchPriority",
+    "BatchProcessingStrategy",
+    "BatchProcessor",
+    "BatchProcessorConfig",
+    "BatchShapeError",
+    "BatchStats",
+    "FastBatchError",
+    "HealthSnapshot",
+    "ItemTimeoutError",
+    "ProcessorStoppedError",
+    "QueueClosedError",
+    "QueueFullError",
+    "ResultMismatchError",
+    "__version__",
+]

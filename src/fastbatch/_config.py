@@ -1,0 +1,183 @@
+"""Configuration and enums: ``BatchProcessorConfig``, ``BatchPriority``, ``BatchProcessingStrategy``.
+
+Every field the seed document names is here, plus the fields of the original implementation
+(DESIGN.md, "Config fields and enums") and a few of our own, each validated at construction
+with an error that names the field, the value and the rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Any
+
+
+class BatchPriority(enum.IntEnum):
+    """Queue priority of an item; lower values are taken first."""
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+    BACKGROUND = 4
+
+
+class BatchProcessingStrategy(enum.Enum):
+    """How the batch size moves while the processor runs.
+
+    FIXED: stays where ``initial_batch_size`` / ``update_batch_size`` put it.
+    ADAPTIVE: the seed's load rule, with a floor that keeps up with the arrival rate.
+    GREEDY: always ``max_batch_size``; a batch is released by size or timeout as usual.
+    BALANCED: follows the backlog: the size is what was waiting at the last batch,
+    clamped to ``[min_batch_size, max_batch_size]``.
+    """
+
+    FIXED = "fixed"
+    ADAPTIVE = "adaptive"
+    GREEDY = "greedy"
+    BALANCED = "balanced"
+
+
+def _fail(exc: type[Exception], name: str, value: Any, rule: str) -> None:
+    raise exc(f"BatchProcessorConfig.{name}={value!r}: {rule}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(TypeError, name, value, "must be an int")
+    if value < minimum:
+        _fail(ValueError, name, value, f"must be >= {minimum}")
+
+
+def _check_float(name: str, value: Any, *, positive: bool = False, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(TypeError, name, value, "must be a number")
+    if not math.isfinite(value):
+        _fail(ValueError, name, value, "must be finite")
+    if positive and value <= 0:
+        _fail(ValueError, name, value, "must be > 0")
+    if value < 0:
+        _fail(ValueError, name, value, "must be >= 0")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        _fail(TypeError, name, value, "must be a bool")
+
+
+@dataclasses.dataclass
+class BatchProcessorConfig:
+    """Settings of a :class:`~fastbatch.BatchProcessor`.
+
+    Sizes count samples: a 1-D array item is one sample, an ``(n, ...)`` array is ``n``.
+    Times are in seconds. Defaults are the original implementation's except
+    ``batch_timeout`` (0.01 s instead of 1.0 s: a one-second wait for a half-full batch
+    surprises any latency-sensitive caller) and ``retry_delay`` (0.05 s instead of 0.5 s).
+
+    Raises:
+        TypeError: a field has the wrong type.
+        ValueError: a field breaks its rule (min <= initial <= max, warning < critical ...).
+    """
+
+    initial_batch_size: int = 100
+    min_batch_size: int = 50
+    max_batch_size: int = 200
+    max_queue_size: int = 1000
+    batch_timeout: float = 0.01
+    min_batch_interval: float = 0.0
+    max_retries: int = 3
+    retry_delay: float = 0.05
+    enable_priority_queue: bool = True
+    enable_monitoring: bool = True
+    monitoring_window: int = 100
+    enable_health_monitoring: bool = True
+    health_check_interval: float = 5.0
+    memory_warning_threshold: float = 70.0
+    memory_critical_threshold: float = 85.0
+    queue_warning_threshold: int = 100
+    queue_critical_threshold: int = 500
+    enable_memory_optimization: bool = True
+    gc_batch_threshold: int = 32
+    # Fields of the original implementation (DESIGN.md).
+    item_timeout: float | None = 10.0
+    max_workers: int = 4
+    max_batch_memory_mb: float | None = None
+    processing_strategy: BatchProcessingStrategy = BatchProcessingStrategy.ADAPTIVE
+    enable_adaptive_batching: bool = True
+    reduce_batch_on_failure: bool = True
+    debug_mode: bool = False
+    # Our own.
+    batch_generic_items: bool = False
+    """Non-array items go to the batch function as one list (it must return a sequence of
+    equal length) instead of one call per item."""
+    raise_on_queue_full: bool = False
+    """``enqueue_predict`` raises ``QueueFullError`` instead of returning a failed future."""
+    stuck_batch_timeout: float = 60.0
+    """A batch running longer than this is reported as stuck by the health monitor."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.processing_strategy, str):
+            try:
+                self.processing_strategy = BatchProcessingStrategy(self.processing_strategy.lower())
+            except ValueError:
+                names = ", ".join(s.value for s in BatchProcessingStrategy)
+                _fail(ValueError, "processing_strategy", self.processing_strategy, f"must be one of {names}")
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field again (for a config changed after construction).
+
+        Raises:
+            TypeError, ValueError: as at construction.
+        """
+        for name in ("initial_batch_size", "min_batch_size", "max_batch_size", "max_retries",
+                     "monitoring_window", "queue_warning_threshold", "queue_critical_threshold",
+                     "gc_batch_threshold", "max_workers", "max_queue_size"):
+            minimum = 0 if name in ("max_retries", "max_queue_size") else 1
+            _check_int(name, getattr(self, name), minimum)
+        if not self.min_batch_size <= self.initial_batch_size <= self.max_batch_size:
+            _fail(ValueError, "initial_batch_size", self.initial_batch_size,
+                  f"must satisfy min_batch_size ({self.min_batch_size}) <= initial_batch_size"
+                  f" <= max_batch_size ({self.max_batch_size})")
+        for name in ("batch_timeout", "min_batch_interval", "retry_delay"):
+            _check_float(name, getattr(self, name))
+        for name in ("health_check_interval", "stuck_batch_timeout"):
+            _check_float(name, getattr(self, name), positive=True)
+        _check_float("item_timeout", self.item_timeout, positive=True, allow_none=True)
+        _check_float("max_batch_memory_mb", self.max_batch_memory_mb, positive=True, allow_none=True)
+        for name in ("memory_warning_threshold", "memory_critical_threshold"):
+            value = getattr(self, name)
+            _check_float(name, value, positive=True)
+            if value > 100:
+                _fail(ValueError, name, value, "is a percentage of RAM and must be <= 100")
+        if self.memory_warning_threshold >= self.memory_critical_threshold:
+            _fail(ValueError, "memory_warning_threshold", self.memory_warning_threshold,
+                  f"must be < memory_critical_threshold ({self.memory_critical_threshold})")
+        if self.queue_warning_threshold >= self.queue_critical_threshold:
+            _fail(ValueError, "queue_warning_threshold", self.queue_warning_threshold,
+                  f"must be < queue_critical_threshold ({self.queue_critical_threshold})")
+        if not isinstance(self.processing_strategy, BatchProcessingStrategy):
+            _fail(TypeError, "processing_strategy", self.processing_strategy,
+                  "must be a BatchProcessingStrategy")
+        for name in ("enable_priority_queue", "enable_monitoring", "enable_health_monitoring",
+                     "enable_memory_optimization", "enable_adaptive_batching",
+                     "reduce_batch_on_failure", "debug_mode", "batch_generic_items",
+                     "raise_on_queue_full"):
+            _check_bool(name, getattr(self, name))
+
+    @property
+    def max_batch_bytes(self) -> int:
+        """``max_batch_memory_mb`` in bytes; 0 when there is no byte budget."""
+        if self.max_batch_memory_mb is None:
+            return 0
+        return max(1, int(self.max_batch_memory_mb * 1024 * 1024))
+
+    @property
+    def effective_strategy(self) -> BatchProcessingStrategy:
+        """The strategy in force: FIXED whenever ``enable_adaptive_batching`` is off."""
+        if not self.enable_adaptive_batching:
+            return BatchProcessingStrategy.FIXED
+        return self.processing_strategy

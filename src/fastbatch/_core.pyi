@@ -1,0 +1,195 @@
+"""Type stubs and the behavioural contract of the core.
+
+``fastbatch._core`` (compiled, Cython) and ``fastbatch._core_py`` (pure Python) both
+implement exactly what is written here; ``fastbatch._backend`` picks one. The tests in
+``tests/core`` run every case against both.
+"""
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+def monotonic_ns() -> int:
+    """The clock every core timestamp uses (monotonic, nanoseconds).
+
+    Compare core timestamps only with this function, never with another clock.
+    """
+
+class RequestQueue:
+    """Bounded multi-producer queue of requests, FIFO or by priority.
+
+    A request is ``(item, future, samples, nbytes, priority)`` plus an enqueue timestamp
+    taken by :func:`monotonic_ns` inside ``put``. ``item`` and ``future`` are opaque
+    Python objects (``future`` may be ``None``); the queue holds a strong reference to
+    each until it hands them out.
+
+    Order: with ``prioritized=False`` strictly FIFO (``priority`` is ignored); with
+    ``prioritized=True`` a binary heap on ``(priority, sequence)``: lower priority values
+    first, FIFO among equal priorities (sequence is a per-queue counter).
+
+    Every blocking wait happens with the GIL released (compiled core) and wakes on
+    ``close()``. Timeouts: ``None`` waits forever, ``0`` does not wait, a negative or NaN
+    timeout raises ``ValueError``.
+    """
+
+    def __init__(self, capacity: int = 0, prioritized: bool = False) -> None:
+        """``capacity`` is the maximum number of queued requests; 0 means unbounded.
+
+        Raises ``ValueError`` for a negative capacity, ``TypeError`` for a non-integer.
+        """
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def prioritized(self) -> bool: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def paused(self) -> bool: ...
+    @property
+    def queued_samples(self) -> int:
+        """Sum of ``samples`` over the queued requests."""
+    @property
+    def queued_bytes(self) -> int:
+        """Sum of ``nbytes`` over the queued requests."""
+    def __len__(self) -> int:
+        """Number of queued requests."""
+    def put(
+        self,
+        item: object,
+        future: object | None = None,
+        samples: int = 1,
+        nbytes: int = 0,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> None:
+        """Append a request, waiting while the queue is full.
+
+        Raises:
+            QueueFullError: the queue stayed full for ``timeout`` seconds (at once for 0).
+            QueueClosedError: the queue is closed, or was closed while waiting.
+            ValueError: ``samples < 1``, ``nbytes < 0``, or a negative/NaN ``timeout``.
+        """
+    def take_batch(
+        self,
+        max_samples: int,
+        max_bytes: int = 0,
+        linger: float = 0.0,
+        timeout: float | None = None,
+    ) -> tuple[list[Any], list[Any], npt.NDArray[np.int64]] | None:
+        """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
+
+        1. Wait until the queue holds a request and is not paused (a closed queue is
+           drained even when paused). If ``timeout`` passes first, return ``None``; if the
+           queue is closed and empty, raise ``QueueClosedError``.
+        2. Take the head request, always, even if its ``samples`` exceed ``max_samples``
+           or its ``nbytes`` exceed ``max_bytes`` (a request is never split and never
+           stuck). The batch deadline is that request's enqueue time + ``linger`` seconds.
+        3. While the batch holds fewer than ``max_samples`` samples (and, when
+           ``max_bytes > 0``, fewer than ``max_bytes`` bytes): if the head request fits in
+           the room left (samples and bytes) take it; if it does not fit, stop; if the
+           queue is empty, stop when it is closed or the deadline has passed, otherwise
+           wait for a put until the deadline. ``pause()`` during this step does not
+           interrupt it.
+
+        ``enqueue_ns`` is an int64 array of the requests' enqueue timestamps.
+        Raises ``ValueError`` for ``max_samples < 1``, ``max_bytes < 0``, a negative or
+        NaN ``linger`` or ``timeout``.
+        """
+    def drain(self) -> tuple[list[Any], list[Any], npt.NDArray[np.int64]]:
+        """Remove and return every queued request at once (paused or not, closed or not)."""
+    def pause(self) -> None:
+        """Hold ``take_batch`` at step 1 until ``resume()`` or ``close()``."""
+    def resume(self) -> None: ...
+    def close(self) -> None:
+        """Refuse further puts and wake every waiting producer and consumer. Idempotent.
+
+        Queued requests stay and can still be taken or drained.
+        """
+
+class BatchAssembler:
+    """Copies the items of a batch into one reused, C-contiguous array.
+
+    An item is a numpy array with ``ndim >= 1``: a 1-D array is one sample (its shape is
+    the sample shape); an array with ``ndim >= 2`` is a mini-batch of ``shape[0]``
+    samples of shape ``shape[1:]``. The batch has shape ``(total_samples, *sample_shape)``
+    and the dtype of item 0; sample shape and dtype are fixed by item 0.
+
+    The batch returned by ``assemble`` is a view of a buffer the assembler owns. The
+    buffer is grown geometrically and reused by the next ``assemble`` only if nobody else
+    holds a reference to it (or to any view of it); otherwise a fresh buffer is taken, so
+    a batch (or a result that aliases it) handed to user code never changes afterwards.
+    """
+
+    def __init__(self) -> None: ...
+    @property
+    def buffer_nbytes(self) -> int:
+        """Capacity of the current buffer in bytes (0 before the first batch)."""
+    @property
+    def allocations(self) -> int:
+        """How many buffers have been allocated so far."""
+    @property
+    def offsets(self) -> npt.NDArray[np.int64]:
+        """Start row of each item of the last batch, plus the total: ``len == n_items+1``."""
+    def assemble(self, items: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
+        """Return the batch of ``items`` (a non-empty sequence of numpy arrays).
+
+        Raises:
+            ValueError: ``items`` is empty, or an item has ``ndim == 0`` or zero samples.
+            TypeError: an item is not a numpy array.
+            BatchDtypeError: item i's dtype differs from item 0's, or is ``object``
+                ("item 3 has dtype float32 but the batch has dtype float64").
+            BatchShapeError: item i's sample shape differs from item 0's
+                ("item 3 has shape (4,) but the batch has shape (10,)"; for a mini-batch
+                "item 3 has sample shape (4,) (array shape (2, 4)) but the batch has
+                sample shape (10,)").
+        """
+    def split(self, result: Any) -> list[Any]:
+        """Split a batch function's result back into one piece per item of the last batch.
+
+        ``result`` is any sequence with ``len(result) == total_samples`` (a numpy array,
+        a list ...). A 1-D item gets ``result[offset]`` (one row); a mini-batch item of n
+        samples gets ``result[offset:offset+n]``.
+
+        Raises:
+            ResultMismatchError: ``result`` has no length or its length differs
+                ("the batch function returned 7 results for a batch of 10 samples";
+                "the batch function returned int, expected a sequence of 10 results").
+        """
+
+class StatsWindow:
+    """A fixed-size ring of float64 values: the last ``capacity`` values recorded.
+
+    Thread-safe: recording is O(1) per value under a short lock; summaries copy the ring
+    under the lock and compute outside it (compiled core: without the GIL), so a reader
+    never blocks a recorder for longer than the copy. Percentiles use linear
+    interpolation and equal ``numpy.percentile`` (default method) on ``values()``.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        """``capacity >= 1`` (``ValueError`` otherwise, ``TypeError`` for a non-integer)."""
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def total_count(self) -> int:
+        """Values recorded since creation or ``clear()``, including those overwritten."""
+    def __len__(self) -> int:
+        """Values currently in the window (``min(total_count, capacity)``)."""
+    def record(self, value: float) -> None: ...
+    def record_many(self, values: npt.ArrayLike) -> None:
+        """Record each value of a 1-D float sequence, in order."""
+    def record_elapsed_ms(self, start_ns: npt.NDArray[np.int64], end_ns: int) -> None:
+        """Record ``(end_ns - s) / 1e6`` for each ``s`` of ``start_ns`` (milliseconds)."""
+    def values(self) -> npt.NDArray[np.float64]:
+        """A copy of the window, oldest first."""
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (``0 <= q <= 100``, else ``ValueError``); NaN when empty."""
+    def summary(
+        self, percentiles: Sequence[float] = ()
+    ) -> tuple[int, float, float, float, tuple[float, ...]]:
+        """``(count, mean, min, max, (percentile(q) for q in percentiles))``, one copy.
+
+        Mean/min/max/percentiles are NaN when the window is empty.
+        """
+    def clear(self) -> None: ...

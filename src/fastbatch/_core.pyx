@@ -1,0 +1,1429 @@
+# cython: language_level=3, embedsignature=True
+# distutils: language = c++
+"""Compiled core of fastbatch: the request queue, the batch assembler, the stats window.
+
+The behavioural contract is ``_core.pyi``; ``_core_py.py`` is the pure-Python twin and
+the oracle this module is tested against.
+
+Locking discipline (the reason for most of the shapes below):
+
+* Each object has one ``std::mutex``. Critical sections are short, pure C and never
+  need the GIL, so they may run with or without it.
+* A thread holding the GIL only ever *try*-locks our mutex. When that fails, or when it
+  has to wait on a condition variable, it releases the GIL first and runs the whole
+  critical section, waiting included, inside ``with nogil``; it unlocks before taking
+  the GIL back. So nobody waits for our mutex while holding the GIL, and nobody holds
+  our mutex while waiting for the GIL.
+* The uncontended path keeps the GIL: dropping it costs little by itself, but getting it
+  back behind a busy Python thread can take a whole switch interval (5 ms) — the GIL
+  convoy. For the same reason the assembler's copy and the stats computations release
+  the GIL only when the work is large enough to be worth it (``_NOGIL_*`` below).
+* "full", "empty", "timed out" and "closed" are status codes of the C functions; they
+  become exceptions once the lock is dropped and the GIL is back.
+"""
+
+from cpython.exc cimport PyErr_CheckSignals
+from cpython.list cimport PyList_New
+from cpython.number cimport PyNumber_Index
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, _Py_REFCNT
+from cpython.sequence cimport PySequence_Check, PySequence_GetItem, PySequence_GetSlice
+from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
+from libc.math cimport NAN, floor
+from libc.stdint cimport INT64_MAX, int64_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcpy, memmove
+from libcpp.algorithm cimport max_element, min_element, nth_element, sort
+
+cimport numpy as cnp
+
+import threading
+
+import numpy as np
+
+from fastbatch._errors import (
+    BatchDtypeError,
+    BatchShapeError,
+    QueueClosedError,
+    QueueFullError,
+    ResultMismatchError,
+)
+
+cnp.import_array()
+
+__all__ = ["BatchAssembler", "RequestQueue", "StatsWindow", "monotonic_ns"]
+
+
+cdef extern from "_sync.hpp" nogil:
+    cppclass mutex "std::mutex":
+        pass
+    cppclass condition_variable "std::condition_variable":
+        pass
+    const int64_t FB_FOREVER
+    const int64_t FB_NO_WAIT
+    int64_t fb_now_ns() noexcept
+    void fb_lock(mutex&) noexcept
+    bint fb_try_lock(mutex&) noexcept
+    void fb_unlock(mutex&) noexcept
+    void fb_notify_one(condition_variable&) noexcept
+    void fb_notify_all(condition_variable&) noexcept
+    int fb_cv_wait_until(condition_variable&, mutex&, int64_t deadline_ns) noexcept
+    double fb_lerp(double a, double b, double t) noexcept
+
+cdef extern from "Python.h":
+    # Steals the reference: used to move queued PyObject* into fresh lists.
+    void _list_steal_item "PyList_SET_ITEM" (object lst, Py_ssize_t i, PyObject* o)
+    # Needs no GIL (cpython/pythread.pxd does not say so).
+    unsigned long _thread_ident "PyThread_get_thread_ident" () noexcept nogil
+
+cdef extern from "numpy/arrayobject.h":
+    # Declared here because numpy's .pxd leaves it commented out. Steals ``descr``.
+    object _new_from_descr "PyArray_NewFromDescr" (
+        PyTypeObject* subtype, cnp.PyArray_Descr* descr, int nd, cnp.npy_intp* dims,
+        cnp.npy_intp* strides, void* data, int flags, PyObject* obj)
+    PyTypeObject _ndarray_type "PyArray_Type"
+    bint _holds_objects "PyDataType_REFCHK" (cnp.PyArray_Descr*)
+
+# The assembler copies without the GIL from this many bytes on, and the stats window
+# computes without it from this many values on; below, the work takes a few
+# microseconds and re-taking a contended GIL could cost a thousand times more.
+cdef Py_ssize_t _NOGIL_COPY_BYTES = 256 * 1024
+cdef Py_ssize_t _NOGIL_STATS_VALUES = 4096
+
+# Timeouts at least this long (about 146 years, or inf) mean "wait forever".
+cdef double _FOREVER_SECONDS = 4611686018.427387904
+
+# Signal handlers (Ctrl-C) run only in the main thread, and only between bytecodes: a
+# main thread blocked in put() or take_batch() wakes this often to run them, as a
+# blocked threading.Condition.wait() would. Other threads wait without interruption.
+cdef int64_t _SIGNAL_CHECK_NS = 50_000_000
+cdef unsigned long _MAIN_THREAD = threading.main_thread().ident
+
+
+def monotonic_ns():
+    """The clock every core timestamp uses (monotonic, nanoseconds).
+
+    It is C++ ``std::chrono::steady_clock``; compare core timestamps only with this
+    function, never with another clock.
+    """
+    return fb_now_ns()
+
+
+# --- helpers -------------------------------------------------------------------------
+
+cdef int _grow(void** ptr, size_t nelems, size_t elsize) noexcept nogil:
+    """Resize ``*ptr`` to ``nelems * elsize`` bytes; on failure return -1, ``*ptr`` intact.
+
+    The one place memory grows (overflow-checked, like sklearn's ``safe_realloc``). It
+    does not raise: it runs under our mutexes, where taking the GIL is forbidden, so the
+    callers turn -1 into ``MemoryError`` once the lock is dropped.
+    """
+    cdef size_t nbytes
+    cdef void* p
+    if elsize != 0 and nelems > (<size_t>-1) // elsize:
+        return -1
+    nbytes = nelems * elsize
+    p = realloc(ptr[0], nbytes if nbytes > 0 else 1)
+    if p == NULL:
+        return -1
+    ptr[0] = p
+    return 0
+
+
+cdef int64_t _as_int64(object value, str name) except? -1:
+    """``value`` as a C integer; ``TypeError`` for a non-integer (floats included)."""
+    if type(value) is not int:
+        try:
+            value = PyNumber_Index(value)
+        except TypeError:
+            raise TypeError(
+                f"{name} must be an integer, got {type(value).__name__}") from None
+    try:
+        return value
+    except OverflowError:
+        raise OverflowError(f"{name} is out of range: {value!r}") from None
+
+
+cdef int64_t _seconds_to_ns(object seconds, str name) except -2:
+    """A validated duration in ns: -1 for forever (``None``, huge or inf), else >= 0."""
+    cdef double s
+    if seconds is None:
+        return -1
+    s = _as_double(seconds, name)
+    if not s >= 0.0:  # catches NaN too
+        raise ValueError(f"{name} must be >= 0 seconds, got {seconds!r}")
+    if s >= _FOREVER_SECONDS:
+        return -1
+    return <int64_t>(s * 1e9 + 0.5)
+
+
+cdef double _as_double(object value, str name) except? -1.0:
+    """``value`` as a C double; ``TypeError`` for strings and non-numbers."""
+    try:
+        return value
+    except TypeError:
+        raise TypeError(f"{name} must be a real number, not {type(value).__name__}") from None
+
+
+cdef inline int64_t _signal_check_deadline() noexcept nogil:
+    """When a wait must return so that the caller can run signal handlers."""
+    if _thread_ident() != _MAIN_THREAD:
+        return FB_FOREVER
+    return fb_now_ns() + _SIGNAL_CHECK_NS
+
+
+cdef inline int64_t _deadline(int64_t wait_ns) noexcept nogil:
+    """Absolute deadline for a relative wait from ``_seconds_to_ns``."""
+    if wait_ns < 0:
+        return FB_FOREVER
+    if wait_ns == 0:
+        return FB_NO_WAIT  # no clock read: the fast path never waits
+    return fb_now_ns() + wait_ns
+
+
+# --- RequestQueue --------------------------------------------------------------------
+
+cdef struct Request:
+    PyObject* item      # strong reference, owned by the queue while queued
+    PyObject* future    # strong reference (Py_None when no future)
+    int64_t samples
+    int64_t nbytes
+    int64_t priority
+    uint64_t seq
+    int64_t enqueue_ns
+
+# Status codes of the critical sections.
+cdef enum:
+    ST_OK = 0
+    ST_WOULD_WAIT = 1   # the GIL-holding fast path must wait: mutex still held
+    ST_FULL = 2
+    ST_TIMEOUT = 3
+    ST_CLOSED = 4
+    ST_NOMEM = 5
+    ST_CLOSED_WHILE_WAITING = 6
+    ST_CHECK_SIGNALS = 7  # mutex released, nothing changed: run handlers and retry
+
+# Operations of RequestQueue._control.
+cdef enum:
+    OP_READ = 0
+    OP_CLOSE = 1
+    OP_PAUSE = 2
+    OP_RESUME = 3
+
+cdef struct QueueInfo:
+    Py_ssize_t count
+    int64_t samples
+    int64_t nbytes
+    bint closed
+    bint paused
+
+cdef struct TakeState:
+    # Arguments of take_batch.
+    int64_t max_samples
+    int64_t max_bytes
+    int64_t linger_ns       # -1: forever
+    int64_t wait_deadline   # step 1 (timeout)
+    int64_t signal_deadline # step 1: return ST_CHECK_SIGNALS after this
+    # Progress, kept here so that the fast path can hand over to the waiting path.
+    int stage               # 1 or 3, as in the contract
+    int64_t batch_deadline  # step 3 (first request's enqueue time + linger)
+    int64_t samples
+    int64_t nbytes
+    Request* out            # taken requests, owned by take_batch
+    Py_ssize_t n
+    Py_ssize_t cap
+    Py_ssize_t removed      # requests removed by the current _take call
+
+cdef inline bint _before(const Request* a, const Request* b) noexcept nogil:
+    return a.priority < b.priority or (a.priority == b.priority and a.seq < b.seq)
+
+cdef inline int64_t _after(int64_t start_ns, int64_t wait_ns) noexcept nogil:
+    """``start_ns + wait_ns`` as a deadline, saturating to forever."""
+    if wait_ns < 0 or start_ns > INT64_MAX - wait_ns:
+        return FB_FOREVER
+    if wait_ns == 0:
+        return FB_NO_WAIT
+    return start_ns + wait_ns
+
+
+cdef class RequestQueue:
+    """Bounded multi-producer queue of requests, FIFO or by priority (see ``_core.pyi``).
+
+    Storage is a C array of ``Request`` records: a ring buffer (FIFO) or a binary heap
+    on ``(priority, seq)``. Producers and consumers wait on two condition variables with
+    the GIL released. A waiting consumer publishes how much it still needs, so that
+    ``put`` wakes it only when the queue can satisfy it (one context switch per batch,
+    not per request).
+    """
+
+    cdef mutex _mutex
+    cdef condition_variable _not_empty   # consumers wait here
+    cdef condition_variable _not_full    # producers wait here
+    cdef Request* _buf
+    cdef Py_ssize_t _alloc               # records allocated
+    cdef Py_ssize_t _head                # ring: index of the oldest record
+    cdef Py_ssize_t _count
+    cdef Py_ssize_t _capacity            # 0: unbounded
+    cdef bint _prioritized
+    cdef bint _closed
+    cdef bint _paused
+    cdef int64_t _samples
+    cdef int64_t _bytes
+    cdef uint64_t _seq
+    cdef Py_ssize_t _consumers_waiting
+    cdef Py_ssize_t _producers_waiting
+    # What the (single) waiting consumer needs before a put should wake it.
+    cdef int64_t _need_samples
+    cdef int64_t _need_bytes             # 0: no byte criterion
+
+    def __cinit__(self, capacity=0, prioritized=False):
+        cdef int64_t cap = _as_int64(capacity, "capacity")
+        if cap < 0:
+            raise ValueError(f"capacity must be >= 0 (0 means unbounded), got {cap}")
+        self._capacity = <Py_ssize_t>cap
+        self._prioritized = bool(prioritized)
+        # Start small even when bounded: a queue of capacity 10**6 that never holds more
+        # than a batch should not cost 56 MB.
+        self._alloc = 64 if cap == 0 or cap > 64 else <Py_ssize_t>cap
+        if _grow(<void**>&self._buf, <size_t>self._alloc, sizeof(Request)) < 0:
+            raise MemoryError()
+        self._need_samples = INT64_MAX
+
+    def __dealloc__(self):
+        cdef Request* buf = self._buf
+        cdef Py_ssize_t i, j, n = self._count
+        self._buf = NULL
+        self._count = 0
+        if buf == NULL:
+            return
+        for i in range(n):
+            j = i if self._prioritized else (self._head + i) % self._alloc
+            Py_XDECREF(buf[j].item)
+            Py_XDECREF(buf[j].future)
+        free(buf)
+
+    # -- storage (mutex held; GIL may or may not be held) -----------------------------
+
+    cdef int _reserve(self) noexcept nogil:
+        """Make room for one more record; -1 when out of memory."""
+        cdef Py_ssize_t old = self._alloc, new = old * 2, tail
+        if self._count < old:
+            return 0
+        if self._capacity and new > self._capacity:
+            new = self._capacity
+        if _grow(<void**>&self._buf, <size_t>new, sizeof(Request)) < 0:
+            return -1
+        if not self._prioritized and self._head > 0:
+            # The ring is full and wraps: slide [head, old) to the end of the new space.
+            tail = old - self._head
+            memmove(&self._buf[new - tail], &self._buf[self._head], tail * sizeof(Request))
+            self._head = new - tail
+        self._alloc = new
+        return 0
+
+    cdef void _push(self, Request* r) noexcept nogil:
+        """Append ``r``, stamping its sequence number and enqueue time."""
+        cdef Request* h = self._buf
+        cdef Py_ssize_t i, parent
+        r.seq = self._seq
+        self._seq += 1
+        # Stamped under the lock so that FIFO order and enqueue times agree.
+        r.enqueue_ns = fb_now_ns()
+        if self._prioritized:
+            i = self._count
+            while i > 0:
+                parent = (i - 1) >> 1
+                if not _before(r, &h[parent]):
+                    break
+                h[i] = h[parent]
+                i = parent
+            h[i] = r[0]
+        else:
+            i = self._head + self._count
+            if i >= self._alloc:
+                i -= self._alloc
+            h[i] = r[0]
+        self._count += 1
+        self._samples += r.samples
+        self._bytes += r.nbytes
+
+    cdef inline Request* _peek(self) noexcept nogil:
+        return &self._buf[0] if self._prioritized else &self._buf[self._head]
+
+    cdef void _pop(self, Request* out) noexcept nogil:
+        """Move the head record into ``out`` (the queue must not be empty)."""
+        cdef Request* h = self._buf
+        cdef Request last
+        cdef Py_ssize_t i, child, n
+        if self._prioritized:
+            out[0] = h[0]
+            self._count -= 1
+            n = self._count
+            if n > 0:
+                last = h[n]
+                i = 0
+                while True:
+                    child = 2 * i + 1
+                    if child >= n:
+                        break
+                    if child + 1 < n and _before(&h[child + 1], &h[child]):
+                        child += 1
+                    if not _before(&h[child], &last):
+                        break
+                    h[i] = h[child]
+                    i = child
+                h[i] = last
+        else:
+            out[0] = h[self._head]
+            self._head += 1
+            if self._head == self._alloc:
+                self._head = 0
+            self._count -= 1
+        self._samples -= out.samples
+        self._bytes -= out.nbytes
+
+    # -- waiting (mutex held, GIL released) -------------------------------------------
+
+    cdef int _wait_for_put(self, int64_t need_samples, int64_t need_bytes,
+                           int64_t deadline) noexcept nogil:
+        """Wait as a consumer; returns 1 when ``deadline`` has passed."""
+        cdef int timed_out
+        self._consumers_waiting += 1
+        self._need_samples = need_samples
+        self._need_bytes = need_bytes
+        timed_out = fb_cv_wait_until(self._not_empty, self._mutex, deadline)
+        self._consumers_waiting -= 1
+        if self._consumers_waiting > 0:
+            # The need on record may have been ours: fall back to "wake on any put";
+            # a consumer woken too early just publishes its real need and waits again.
+            self._need_samples = 1
+            self._need_bytes = 0
+        return timed_out
+
+    cdef inline int _wake_consumers(self) noexcept nogil:
+        """After a put (mutex held): 0 no signal, 1 notify_one, 2 notify_all."""
+        if self._consumers_waiting == 0:
+            return 0
+        if self._consumers_waiting > 1:
+            return 2
+        if self._samples >= self._need_samples or (
+                self._need_bytes > 0 and self._bytes >= self._need_bytes) or (
+                # A full queue cannot grow to the need: the producers would stall
+                # behind a consumer lingering for requests that cannot come.
+                self._capacity and self._count >= self._capacity):
+            # Signalled once; later puts stay silent until it publishes a new need.
+            self._need_samples = INT64_MAX
+            self._need_bytes = 0
+            return 1
+        return 0
+
+    # -- critical sections: entered with the mutex held, return with it released ------
+    # (except ST_WOULD_WAIT, which leaves it held and the queue untouched)
+
+    cdef int _put(self, Request* r, int64_t deadline, int64_t signal_deadline,
+                  bint* waited, bint can_wait) noexcept nogil:
+        cdef int status, wake = 0
+        while True:
+            if self._closed:
+                status = ST_CLOSED_WHILE_WAITING if waited[0] else ST_CLOSED
+                break
+            if self._capacity == 0 or self._count < self._capacity:
+                if self._reserve() < 0:
+                    status = ST_NOMEM
+                else:
+                    self._push(r)
+                    wake = self._wake_consumers()
+                    status = ST_OK
+                break
+            if deadline == FB_NO_WAIT:
+                status = ST_FULL
+                break
+            if not can_wait:
+                return ST_WOULD_WAIT
+            if signal_deadline != FB_FOREVER and fb_now_ns() >= signal_deadline:
+                status = ST_CHECK_SIGNALS
+                break
+            self._producers_waiting += 1
+            waited[0] = True
+            if fb_cv_wait_until(self._not_full, self._mutex, min(deadline, signal_deadline)):
+                if deadline <= signal_deadline:
+                    deadline = FB_NO_WAIT  # one last look at the queue, then give up
+            self._producers_waiting -= 1
+        fb_unlock(self._mutex)
+        if wake == 1:
+            fb_notify_one(self._not_empty)
+        elif wake == 2:
+            fb_notify_all(self._not_empty)
+        return status
+
+    cdef int _take(self, TakeState* t, bint can_wait) noexcept nogil:
+        cdef int status = ST_OK
+        cdef Request* h
+        cdef Py_ssize_t removed
+        cdef void* out
+        cdef bint wake
+        if t.stage == 1:
+            # Step 1: a request, and not paused (a closed queue drains even when paused).
+            while not (self._count > 0 and (not self._paused or self._closed)):
+                if self._closed:
+                    status = ST_CLOSED
+                    break
+                if t.wait_deadline == FB_NO_WAIT:
+                    status = ST_TIMEOUT
+                    break
+                if not can_wait:
+                    return ST_WOULD_WAIT
+                if t.signal_deadline != FB_FOREVER and fb_now_ns() >= t.signal_deadline:
+                    status = ST_CHECK_SIGNALS  # nothing taken yet: safe to retry
+                    break
+                # While paused no put can help: only resume() and close() wake us.
+                if self._wait_for_put(INT64_MAX if self._paused else 1, 0,
+                                      min(t.wait_deadline, t.signal_deadline)):
+                    if t.wait_deadline <= t.signal_deadline:
+                        t.wait_deadline = FB_NO_WAIT
+            if status == ST_OK:
+                # Step 2: the head request, always.
+                self._pop(&t.out[0])
+                t.n = 1
+                t.removed += 1
+                t.samples = t.out[0].samples
+                t.nbytes = t.out[0].nbytes
+                t.batch_deadline = _after(t.out[0].enqueue_ns, t.linger_ns)
+                t.stage = 3
+        if status == ST_OK:
+            # Step 3: fill up to max_samples / max_bytes until the deadline.
+            while t.samples < t.max_samples and (t.max_bytes == 0 or t.nbytes < t.max_bytes):
+                if self._count > 0:
+                    h = self._peek()
+                    if h.samples > t.max_samples - t.samples or (
+                            t.max_bytes > 0 and h.nbytes > t.max_bytes - t.nbytes):
+                        break
+                    if t.n == t.cap:
+                        out = t.out
+                        if _grow(&out, <size_t>(2 * t.cap), sizeof(Request)) < 0:
+                            break  # out of memory: hand out what we have
+                        t.out = <Request*>out
+                        t.cap *= 2
+                    self._pop(&t.out[t.n])
+                    t.samples += t.out[t.n].samples
+                    t.nbytes += t.out[t.n].nbytes
+                    t.n += 1
+                    t.removed += 1
+                    continue
+                if self._closed or t.batch_deadline == FB_NO_WAIT:
+                    break
+                if t.batch_deadline != FB_FOREVER and fb_now_ns() >= t.batch_deadline:
+                    break
+                if not can_wait:
+                    return ST_WOULD_WAIT
+                if t.removed > 0 and self._producers_waiting > 0:
+                    # Hand the slots taken so far to blocked producers now, not when
+                    # the batch is complete: what they put is what we linger for.
+                    fb_notify_all(self._not_full)
+                    t.removed = 0
+                # Wake when the queued requests can fill the batch, or one of them
+                # cannot fit (then its samples or bytes alone exceed the room).
+                if self._wait_for_put(t.max_samples - t.samples,
+                                      t.max_bytes - t.nbytes if t.max_bytes > 0 else 0,
+                                      t.batch_deadline):
+                    t.batch_deadline = FB_NO_WAIT
+        removed = t.removed
+        t.removed = 0
+        wake = removed > 0 and self._producers_waiting > 0
+        fb_unlock(self._mutex)
+        if wake:
+            if removed == 1:
+                fb_notify_one(self._not_full)
+            else:
+                fb_notify_all(self._not_full)
+        return status
+
+    cdef int _drain(self, Request** out, Py_ssize_t* n) noexcept nogil:
+        cdef Py_ssize_t i, count = self._count, first
+        cdef bint wake = count > 0 and self._producers_waiting > 0
+        out[0] = <Request*>malloc(<size_t>(count if count > 0 else 1) * sizeof(Request))
+        if out[0] == NULL:
+            fb_unlock(self._mutex)
+            return ST_NOMEM
+        if self._prioritized:
+            for i in range(count):
+                self._pop(&out[0][i])
+        else:
+            first = min(count, self._alloc - self._head)
+            memcpy(out[0], &self._buf[self._head], first * sizeof(Request))
+            memcpy(&out[0][first], self._buf, (count - first) * sizeof(Request))
+            self._count = 0
+            self._samples = 0
+            self._bytes = 0
+        self._head = 0
+        n[0] = count
+        fb_unlock(self._mutex)
+        if wake:
+            fb_notify_all(self._not_full)
+        return ST_OK
+
+    cdef void _control_locked(self, int op, QueueInfo* info) noexcept nogil:
+        cdef bint wake_all = False
+        if op == OP_CLOSE:
+            wake_all = not self._closed
+            self._closed = True
+        elif op == OP_PAUSE:
+            self._paused = True
+        elif op == OP_RESUME:
+            wake_all = self._paused
+            self._paused = False
+        info.count = self._count
+        info.samples = self._samples
+        info.nbytes = self._bytes
+        info.closed = self._closed
+        info.paused = self._paused
+        fb_unlock(self._mutex)
+        if wake_all:
+            fb_notify_all(self._not_empty)
+            if op == OP_CLOSE:
+                fb_notify_all(self._not_full)
+
+    cdef QueueInfo _control(self, int op):
+        """Apply ``op`` (or just read) under the lock and return the queue's state."""
+        cdef QueueInfo info
+        if fb_try_lock(self._mutex):
+            self._control_locked(op, &info)
+        else:
+            with nogil:
+                fb_lock(self._mutex)
+                self._control_locked(op, &info)
+        return info
+
+    # -- Python API -------------------------------------------------------------------
+
+    @property
+    def capacity(self):
+        """Maximum number of queued requests; 0 means unbounded."""
+        return self._capacity
+
+    @property
+    def prioritized(self):
+        """Whether requests leave by ``(priority, sequence)`` rather than FIFO."""
+        return self._prioritized
+
+    @property
+    def closed(self):
+        """Whether ``close()`` has been called."""
+        return self._control(OP_READ).closed
+
+    @property
+    def paused(self):
+        """Whether ``take_batch`` is held at step 1."""
+        return self._control(OP_READ).paused
+
+    @property
+    def queued_samples(self):
+        """Sum of ``samples`` over the queued requests."""
+        return self._control(OP_READ).samples
+
+    @property
+    def queued_bytes(self):
+        """Sum of ``nbytes`` over the queued requests."""
+        return self._control(OP_READ).nbytes
+
+    def __len__(self):
+        """Number of queued requests."""
+        return self._control(OP_READ).count
+
+    def __repr__(self):
+        cdef QueueInfo info = self._control(OP_READ)
+        state = "closed" if info.closed else ("paused" if info.paused else "open")
+        return (f"<RequestQueue {state} len={info.count} capacity={self._capacity}"
+                f" prioritized={self._prioritized}>")
+
+    def put(self, object item, object future=None, samples=1, nbytes=0, priority=0,
+            timeout=None):
+        """Append a request, waiting (GIL released) while the queue is full.
+
+        Raises:
+            QueueFullError: the queue stayed full for ``timeout`` seconds (at once for 0).
+            QueueClosedError: the queue is closed, or was closed while waiting.
+            ValueError: ``samples < 1``, ``nbytes < 0``, or a negative/NaN ``timeout``.
+        """
+        cdef Request r
+        cdef int status = ST_OK
+        cdef int64_t deadline
+        cdef bint waited = False
+        r.samples = _as_int64(samples, "samples")
+        if r.samples < 1:
+            raise ValueError(f"samples must be >= 1, got {r.samples}")
+        r.nbytes = _as_int64(nbytes, "nbytes")
+        if r.nbytes < 0:
+            raise ValueError(f"nbytes must be >= 0, got {r.nbytes}")
+        r.priority = _as_int64(priority, "priority")
+        deadline = _deadline(_seconds_to_ns(timeout, "timeout"))
+        r.item = <PyObject*>item
+        r.future = <PyObject*>future
+        # The queue's references, taken while we hold the GIL; given back on failure.
+        Py_INCREF(item)
+        Py_INCREF(future)
+        while True:
+            if fb_try_lock(self._mutex):
+                status = self._put(&r, deadline, FB_FOREVER, &waited, False)
+                if status == ST_WOULD_WAIT:
+                    with nogil:
+                        status = self._put(&r, deadline, _signal_check_deadline(),
+                                           &waited, True)
+            else:
+                with nogil:
+                    fb_lock(self._mutex)
+                    status = self._put(&r, deadline, _signal_check_deadline(), &waited,
+                                       True)
+            if status != ST_CHECK_SIGNALS:
+                break
+            try:
+                PyErr_CheckSignals()
+            except BaseException:
+                Py_DECREF(item)
+                Py_DECREF(future)
+                raise
+        if status == ST_OK:
+            return
+        Py_DECREF(item)
+        Py_DECREF(future)
+        if status == ST_CLOSED:
+            raise QueueClosedError("the queue is closed: put() refused")
+        if status == ST_CLOSED_WHILE_WAITING:
+            raise QueueClosedError("the queue was closed while put() waited for room")
+        if status == ST_FULL:
+            if deadline == FB_NO_WAIT:
+                raise QueueFullError(f"the queue is full ({self._capacity} requests)")
+            raise QueueFullError(
+                f"the queue stayed full ({self._capacity} requests) for {timeout} s")
+        raise MemoryError("cannot grow the request queue")
+
+    def take_batch(self, max_samples, max_bytes=0, linger=0.0, timeout=None):
+        """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
+
+        See ``_core.pyi`` for the three steps. Returns ``None`` when ``timeout`` passes
+        before a request is available; raises ``QueueClosedError`` when the queue is
+        closed and empty. All waiting happens with the GIL released.
+        """
+        cdef TakeState t
+        cdef int status
+        t.max_samples = _as_int64(max_samples, "max_samples")
+        if t.max_samples < 1:
+            raise ValueError(f"max_samples must be >= 1, got {t.max_samples}")
+        t.max_bytes = _as_int64(max_bytes, "max_bytes")
+        if t.max_bytes < 0:
+            raise ValueError(
+                f"max_bytes must be >= 0 (0 means no byte budget), got {t.max_bytes}")
+        if linger is None:
+            raise TypeError("linger must be a real number, not NoneType")
+        t.linger_ns = _seconds_to_ns(linger, "linger")
+        t.wait_deadline = _deadline(_seconds_to_ns(timeout, "timeout"))
+        t.stage = 1
+        t.n = 0
+        t.removed = 0
+        t.cap = 16 if t.max_samples > 16 else <Py_ssize_t>t.max_samples
+        t.out = <Request*>malloc(<size_t>t.cap * sizeof(Request))
+        if t.out == NULL:
+            raise MemoryError()
+        try:
+            while True:
+                t.signal_deadline = FB_FOREVER
+                if fb_try_lock(self._mutex):
+                    status = self._take(&t, False)
+                    if status == ST_WOULD_WAIT:
+                        with nogil:
+                            t.signal_deadline = _signal_check_deadline()
+                            status = self._take(&t, True)
+                else:
+                    with nogil:
+                        t.signal_deadline = _signal_check_deadline()
+                        fb_lock(self._mutex)
+                        status = self._take(&t, True)
+                if status != ST_CHECK_SIGNALS:
+                    break
+                PyErr_CheckSignals()
+            if status == ST_TIMEOUT:
+                return None
+            if status == ST_CLOSED:
+                raise QueueClosedError("the queue is closed and empty")
+            return _hand_out(t.out, t.n)
+        finally:
+            free(t.out)
+
+    def drain(self):
+        """Remove and return every queued request at once (paused or not, closed or not)."""
+        cdef Request* out = NULL
+        cdef Py_ssize_t n = 0
+        cdef int status
+        if fb_try_lock(self._mutex):
+            status = self._drain(&out, &n)
+        else:
+            with nogil:
+                fb_lock(self._mutex)
+                status = self._drain(&out, &n)
+        if status == ST_NOMEM:
+            raise MemoryError("cannot drain the request queue")
+        try:
+            return _hand_out(out, n)
+        finally:
+            free(out)
+
+    def pause(self):
+        """Hold ``take_batch`` at step 1 until ``resume()`` or ``close()``."""
+        self._control(OP_PAUSE)
+
+    def resume(self):
+        """Let ``take_batch`` proceed again; wakes every waiting consumer."""
+        self._control(OP_RESUME)
+
+    def close(self):
+        """Refuse further puts and wake every waiting producer and consumer. Idempotent.
+
+        Queued requests stay and can still be taken or drained.
+        """
+        self._control(OP_CLOSE)
+
+
+cdef tuple _hand_out(Request* out, Py_ssize_t n):
+    """Build ``(items, futures, enqueue_ns)``, moving the records' references in."""
+    cdef Py_ssize_t i
+    cdef cnp.npy_intp dim = n
+    cdef int64_t* stamps
+    try:
+        items = PyList_New(n)
+        futures = PyList_New(n)
+        enqueue_ns = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+    except BaseException:
+        # Out of memory with the requests already out of the queue: they are lost,
+        # but their references must not leak.
+        for i in range(n):
+            Py_DECREF(<object>out[i].item)
+            Py_DECREF(<object>out[i].future)
+        raise
+    stamps = <int64_t*>cnp.PyArray_DATA(enqueue_ns)
+    for i in range(n):
+        _list_steal_item(items, i, out[i].item)
+        _list_steal_item(futures, i, out[i].future)
+        stamps[i] = out[i].enqueue_ns
+    return items, futures, enqueue_ns
+
+
+# --- BatchAssembler ------------------------------------------------------------------
+
+cdef class BatchAssembler:
+    """Copies the items of a batch into one reused, C-contiguous array (see ``_core.pyi``).
+
+    The buffer is a 1-D ``uint8`` array; the batch is a C-level view of it whose ``base``
+    is the buffer, and numpy points every further view (rows, slices, ``.view()``) at
+    the same base. So ``Py_REFCNT(buffer) == 1`` proves that no batch or result handed
+    out still aliases it, and only then is it reused.
+
+    Not thread-safe: one worker owns an assembler. A second call while a copy runs
+    without the GIL raises ``RuntimeError`` rather than corrupting the copy plan.
+    """
+
+    cdef cnp.ndarray _buf
+    cdef Py_ssize_t _allocations
+    cdef Py_ssize_t _n_items               # items of the last batch
+    cdef Py_ssize_t _plan_alloc            # entries allocated in the arrays below
+    # The last batch (what split() uses): start row per item plus the total, and
+    # whether each item was 1-D (one sample). assemble() plans the next batch in the
+    # _next_* arrays and swaps them in only on success, so that a rejected batch
+    # leaves the last one intact.
+    cdef int64_t* _offsets
+    cdef unsigned char* _one_row
+    cdef int64_t* _next_offsets
+    cdef unsigned char* _next_one_row
+    cdef const char** _src                 # C-contiguous item data, NULL otherwise
+    cdef bint _busy
+
+    def __cinit__(self):
+        if self._reserve(1) < 0:
+            raise MemoryError()
+        self._offsets[0] = 0
+
+    def __dealloc__(self):
+        free(self._offsets)
+        free(self._one_row)
+        free(self._next_offsets)
+        free(self._next_one_row)
+        free(self._src)
+
+    cdef int _reserve(self, Py_ssize_t n_items) noexcept:
+        """Room for the plan of ``n_items`` items; -1 when out of memory."""
+        cdef size_t new
+        if n_items < self._plan_alloc:
+            return 0
+        new = <size_t>max(n_items + 1, 2 * self._plan_alloc, 16)
+        if (_grow(<void**>&self._offsets, new, sizeof(int64_t)) < 0
+                or _grow(<void**>&self._next_offsets, new, sizeof(int64_t)) < 0
+                or _grow(<void**>&self._one_row, new, 1) < 0
+                or _grow(<void**>&self._next_one_row, new, 1) < 0
+                or _grow(<void**>&self._src, new, sizeof(char*)) < 0):
+            return -1
+        self._plan_alloc = <Py_ssize_t>new
+        return 0
+
+    cdef void _commit(self, Py_ssize_t n_items) noexcept:
+        """The planned batch becomes the last batch."""
+        cdef int64_t* offsets = self._offsets
+        cdef unsigned char* one_row = self._one_row
+        self._offsets = self._next_offsets
+        self._one_row = self._next_one_row
+        self._next_offsets = offsets
+        self._next_one_row = one_row
+        self._n_items = n_items
+
+    @property
+    def buffer_nbytes(self):
+        """Capacity of the current buffer in bytes (0 before the first batch)."""
+        return 0 if self._buf is None else cnp.PyArray_SIZE(self._buf)
+
+    @property
+    def allocations(self):
+        """How many buffers have been allocated so far."""
+        return self._allocations
+
+    @property
+    def offsets(self):
+        """Start row of each item of the last batch, plus the total (read-only copy)."""
+        cdef cnp.npy_intp dim = self._n_items + 1
+        cdef cnp.ndarray arr = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
+        memcpy(cnp.PyArray_DATA(arr), self._offsets, <size_t>dim * sizeof(int64_t))
+        cnp.PyArray_CLEARFLAGS(arr, cnp.NPY_ARRAY_WRITEABLE)
+        return arr
+
+    def __repr__(self):
+        return (f"<{type(self).__name__} buffer_nbytes={self.buffer_nbytes}"
+                f" allocations={self._allocations}>")
+
+    def assemble(self, items):
+        """Return the batch of ``items`` (a non-empty sequence of numpy arrays).
+
+        Raises:
+            ValueError: ``items`` is empty, or an item has ``ndim == 0`` or zero samples.
+            TypeError: an item is not a numpy array.
+            BatchDtypeError: item i's dtype differs from item 0's, or holds objects.
+            BatchShapeError: item i's sample shape differs from item 0's.
+        """
+        cdef tuple seq
+        cdef Py_ssize_t n, i, d, k, total = 0, nbytes, capacity, off
+        cdef Py_ssize_t row_bytes, row_elems = 1
+        cdef int nd, nd0, snd0
+        cdef cnp.npy_intp* shape
+        cdef cnp.npy_intp* shape0
+        cdef cnp.npy_intp dims[cnp.NPY_MAXDIMS + 1]
+        cdef cnp.ndarray a, a0, batch
+        cdef cnp.PyArray_Descr* dtype0
+        cdef cnp.PyArray_Descr* dt
+        cdef char* dst
+        cdef PyObject* obj
+        cdef int64_t* offsets
+        if self._busy:
+            raise RuntimeError("BatchAssembler used from two threads at once")
+        # A tuple of our own: the items stay alive (and in place) while we copy without
+        # the GIL, whatever another thread does to the caller's list.
+        seq = tuple(items)
+        n = PyTuple_GET_SIZE(seq)
+        if n == 0:
+            raise ValueError("cannot assemble a batch of no items")
+        a0 = _check_item(seq, 0)
+        nd0 = cnp.PyArray_NDIM(a0)
+        shape0 = cnp.PyArray_DIMS(a0)
+        dtype0 = cnp.PyArray_DESCR(a0)
+        if _holds_objects(dtype0):
+            raise BatchDtypeError(
+                f"item 0 has dtype {str(a0.dtype)}, which holds Python objects and"
+                " cannot be batched")
+        # Sample shape: all of a 1-D item, shape[1:] of a mini-batch.
+        snd0 = 1 if nd0 == 1 else nd0 - 1
+        for d in range(snd0):
+            dims[1 + d] = shape0[nd0 - snd0 + d]
+            row_elems *= dims[1 + d]
+        row_bytes = row_elems * cnp.PyDataType_ELSIZE(<cnp.dtype>dtype0)
+        if self._reserve(n) < 0:
+            raise MemoryError()
+        offsets = self._next_offsets
+
+        # 1. Validate every item and plan the copy, with the GIL.
+        for i in range(n):
+            a = a0 if i == 0 else _check_item(seq, i)
+            nd = cnp.PyArray_NDIM(a)
+            shape = cnp.PyArray_DIMS(a)
+            dt = cnp.PyArray_DESCR(a)
+            if dt != dtype0 and not cnp.PyArray_EquivTypes(<cnp.dtype>dtype0, <cnp.dtype>dt):
+                raise BatchDtypeError(
+                    f"item {i} has dtype {str(a.dtype)} but the batch has dtype"
+                    f" {str(a0.dtype)}")
+            if (1 if nd == 1 else nd - 1) != snd0 or not _same_dims(
+                    shape + (0 if nd == 1 else 1), &dims[1], snd0):
+                _raise_shape_error(i, <object>a, <object>a0)
+            k = 1 if nd == 1 else shape[0]
+            if k == 0:
+                raise ValueError(f"item {i} has zero samples (array shape {(<object>a).shape})")
+            offsets[i] = total
+            self._next_one_row[i] = nd == 1
+            self._src[i] = cnp.PyArray_BYTES(a) if cnp.PyArray_IS_C_CONTIGUOUS(a) else NULL
+            total += k
+        offsets[n] = total
+        if row_bytes > 0 and total > (<Py_ssize_t>(<size_t>-1 >> 1)) // row_bytes:
+            raise MemoryError(f"a batch of {total} samples of {row_bytes} bytes is too large")
+        nbytes = total * row_bytes
+
+        # 2. The buffer: reuse it only when nothing else references it.
+        capacity = 0 if self._buf is None else cnp.PyArray_SIZE(self._buf)
+        if self._buf is None or _Py_REFCNT(<PyObject*>self._buf) != 1 or capacity < nbytes:
+            if capacity < nbytes:
+                capacity = max(nbytes, 2 * capacity)
+            dims[0] = capacity
+            self._buf = cnp.PyArray_EMPTY(1, dims, cnp.NPY_UINT8, 0)
+            self._allocations += 1
+        dst = cnp.PyArray_BYTES(self._buf)
+
+        # 3. Copy contiguous items with memcpy; without the GIL when it is worth it.
+        if nbytes >= _NOGIL_COPY_BYTES:
+            self._busy = True
+            with nogil:
+                _copy_rows(dst, self._src, offsets, n, row_bytes)
+            self._busy = False
+        else:
+            _copy_rows(dst, self._src, offsets, n, row_bytes)
+        self._commit(n)
+
+        # 4. The batch: a view of the buffer, base set so that numpy keeps it alive.
+        dims[0] = total
+        Py_INCREF(<object>dtype0)
+        batch = _new_from_descr(&_ndarray_type, dtype0, 1 + snd0, dims, NULL,
+                                dst, cnp.NPY_ARRAY_CARRAY, NULL)
+        cnp.set_array_base(batch, self._buf)
+        # Non-contiguous items (rare): let numpy walk their strides, with the GIL.
+        for i in range(n):
+            if self._src[i] == NULL:
+                obj = PyTuple_GET_ITEM(seq, i)
+                off = self._offsets[i]
+                if self._one_row[i]:
+                    batch[off] = <object>obj
+                else:
+                    batch[off:self._offsets[i + 1]] = <object>obj
+        return batch
+
+    def split(self, result):
+        """Split a batch function's result back into one piece per item of the last batch.
+
+        A 1-D item gets ``result[offset]``; a mini-batch item of n samples gets
+        ``result[offset:offset+n]``.
+
+        Raises:
+            ResultMismatchError: ``result`` has no length or its length differs.
+        """
+        cdef Py_ssize_t i, n = self._n_items, total = self._offsets[self._n_items], m
+        cdef bint is_seq
+        cdef list out
+        if self._busy:
+            raise RuntimeError("BatchAssembler used from two threads at once")
+        try:
+            m = len(result)
+        except TypeError:
+            raise ResultMismatchError(
+                f"the batch function returned {type(result).__name__}, expected a"
+                f" sequence of {total} results") from None
+        if m != total:
+            raise ResultMismatchError(
+                f"the batch function returned {m} results for a batch of {total} samples")
+        # Slots not filled yet are NULL, which list_dealloc tolerates if a
+        # __getitem__ raises half-way.
+        out = PyList_New(n)
+        is_seq = PySequence_Check(result)
+        for i in range(n):
+            if self._one_row[i]:
+                piece = (PySequence_GetItem(result, self._offsets[i]) if is_seq
+                         else result[self._offsets[i]])
+            else:
+                piece = (PySequence_GetSlice(result, self._offsets[i], self._offsets[i + 1])
+                         if is_seq else result[self._offsets[i]:self._offsets[i + 1]])
+            Py_INCREF(piece)
+            _list_steal_item(out, i, <PyObject*>piece)
+        return out
+
+
+cdef void _copy_rows(char* dst, const char** src, const int64_t* offsets, Py_ssize_t n,
+                     Py_ssize_t row_bytes) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if src[i] != NULL:
+            memcpy(dst + offsets[i] * row_bytes, src[i],
+                   <size_t>((offsets[i + 1] - offsets[i]) * row_bytes))
+
+
+cdef cnp.ndarray _check_item(tuple seq, Py_ssize_t i):
+    """Item ``i`` as an ndarray with ``ndim >= 1``, or the contract's error."""
+    cdef object obj = <object>PyTuple_GET_ITEM(seq, i)
+    if not cnp.PyArray_Check(obj):
+        raise TypeError(f"item {i} is {type(obj).__name__}, expected a numpy array")
+    if cnp.PyArray_NDIM(<cnp.ndarray>obj) == 0:
+        raise ValueError(f"item {i} is a 0-d array; an item needs at least one dimension")
+    return <cnp.ndarray>obj
+
+
+cdef inline bint _same_dims(const cnp.npy_intp* a, const cnp.npy_intp* b,
+                            int n) noexcept:
+    cdef int d
+    for d in range(n):
+        if a[d] != b[d]:
+            return False
+    return True
+
+
+cdef int _raise_shape_error(Py_ssize_t i, object a, object a0) except -1:
+    batch_sample = a0.shape if a0.ndim == 1 else a0.shape[1:]
+    if a.ndim == 1:
+        raise BatchShapeError(
+            f"item {i} has shape {a.shape} but the batch has shape {batch_sample}")
+    raise BatchShapeError(
+        f"item {i} has sample shape {a.shape[1:]} (array shape {a.shape}) but the batch"
+        f" has sample shape {batch_sample}")
+
+
+# --- StatsWindow ---------------------------------------------------------------------
+
+cdef double _pairwise_sum(const double* a, Py_ssize_t n) noexcept nogil:
+    """numpy's pairwise summation (``@TYPE@_pairwise_sum``), operation for operation.
+
+    So that ``mean`` equals ``numpy.mean(values())`` to the last bit, not just closely.
+    """
+    cdef double r0, r1, r2, r3, r4, r5, r6, r7, res
+    cdef Py_ssize_t i, n2, stop
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[i]
+        return res
+    if n <= 128:
+        r0 = a[0]; r1 = a[1]; r2 = a[2]; r3 = a[3]
+        r4 = a[4]; r5 = a[5]; r6 = a[6]; r7 = a[7]
+        stop = n - n % 8
+        i = 8
+        while i < stop:
+            r0 += a[i]; r1 += a[i + 1]; r2 += a[i + 2]; r3 += a[i + 3]
+            r4 += a[i + 4]; r5 += a[i + 5]; r6 += a[i + 6]; r7 += a[i + 7]
+            i += 8
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        while i < n:
+            res += a[i]
+            i += 1
+        return res
+    n2 = n // 2
+    n2 -= n2 % 8
+    return _pairwise_sum(a, n2) + _pairwise_sum(a + n2, n - n2)
+
+
+cdef inline void _rank(Py_ssize_t n, double q, Py_ssize_t* lo, Py_ssize_t* hi,
+                       double* gamma) noexcept nogil:
+    """numpy's 'linear' method: neighbours and weight of the q-th percentile of n values."""
+    cdef double virtual = <double>(n - 1) * (q / 100.0)
+    cdef double below
+    if virtual >= <double>(n - 1):
+        # numpy takes the last value twice, with the index -1 used in the weight.
+        lo[0] = hi[0] = n - 1
+        gamma[0] = virtual + 1.0
+    else:
+        below = floor(virtual)
+        lo[0] = <Py_ssize_t>below
+        hi[0] = lo[0] + 1
+        gamma[0] = virtual - below
+
+
+cdef void _percentiles(double* a, Py_ssize_t n, const double* qs, Py_ssize_t m,
+                       double* out) noexcept nogil:
+    """Percentiles of ``a[:n]`` (reordered in place; no NaN in it; n >= 1)."""
+    cdef Py_ssize_t idx[16]
+    cdef Py_ssize_t lo, hi, i, j, k, start = 0, tmp
+    cdef double gamma
+    if m > 8:
+        sort(a, a + n)
+    else:
+        # Select only the order statistics needed, left to right: each nth_element
+        # works on what lies beyond the previous one.
+        k = 0
+        for i in range(m):
+            _rank(n, qs[i], &lo, &hi, &gamma)
+            idx[k] = lo
+            idx[k + 1] = hi
+            k += 2
+        for i in range(1, k):  # insertion sort of at most 16 indices
+            tmp = idx[i]
+            j = i
+            while j > 0 and idx[j - 1] > tmp:
+                idx[j] = idx[j - 1]
+                j -= 1
+            idx[j] = tmp
+        for i in range(k):
+            if idx[i] < start:
+                continue  # a duplicate, already in place
+            if idx[i] == start:
+                # The smallest of the rest (typically the neighbour of the previous
+                # one): a scan, swapped into place to keep the partition valid.
+                j = min_element(a + start, a + n) - a
+                a[start], a[j] = a[j], a[start]
+                start += 1
+            elif idx[i] == n - 1:
+                j = max_element(a + start, a + n) - a
+                a[n - 1], a[j] = a[j], a[n - 1]
+                start = n
+            else:
+                nth_element(a + start, a + idx[i], a + n)
+                start = idx[i] + 1
+    for i in range(m):
+        _rank(n, qs[i], &lo, &hi, &gamma)
+        out[i] = fb_lerp(a[lo], a[hi], gamma)
+
+
+cdef struct Summary:
+    Py_ssize_t count
+    double mean
+    double min
+    double max
+    bint has_nan
+
+
+cdef void _summarize(double* a, Py_ssize_t n, const double* qs, Py_ssize_t m,
+                     Summary* s, double* out, bint moments) noexcept nogil:
+    """Percentiles of ``a[:n]``, and mean/min/max when ``moments``; NaN as numpy gives."""
+    cdef Py_ssize_t i
+    cdef double v, lo, hi
+    cdef double nan = NAN
+    s.count = n
+    s.has_nan = False
+    if n == 0:
+        s.mean = s.min = s.max = nan
+        for i in range(m):
+            out[i] = nan
+        return
+    s.mean = _pairwise_sum(a, n) / <double>n if moments else nan
+    cdef bint nan_seen = False
+    lo = hi = a[0]
+    for i in range(n):  # branch-free, so that it vectorizes
+        v = a[i]
+        nan_seen |= v != v
+        lo = v if v < lo else lo
+        hi = v if v > hi else hi
+    s.has_nan = nan_seen
+    if s.has_nan:
+        # numpy propagates NaN through min, max and every percentile.
+        s.min = s.max = nan
+        for i in range(m):
+            out[i] = nan
+        return
+    s.min = lo
+    s.max = hi
+    if m > 0:
+        _percentiles(a, n, qs, m, out)
+
+
+cdef class StatsWindow:
+    """A fixed-size ring of float64 values: the last ``capacity`` values recorded.
+
+    Recording is O(1) per value under a short ``std::mutex``; readers copy the ring
+    under the lock and compute outside it (without the GIL for large windows).
+    Percentiles equal ``numpy.percentile`` (linear) on ``values()``, bit for bit.
+    """
+
+    cdef mutex _mutex
+    cdef double* _ring
+    cdef Py_ssize_t _capacity
+    cdef Py_ssize_t _head       # next slot to write
+    cdef Py_ssize_t _len
+    cdef int64_t _total
+
+    def __cinit__(self, capacity):
+        cdef int64_t cap = _as_int64(capacity, "capacity")
+        if cap < 1:
+            raise ValueError(f"capacity must be >= 1, got {cap}")
+        if _grow(<void**>&self._ring, <size_t>cap, sizeof(double)) < 0:
+            raise MemoryError(f"cannot allocate a window of {cap} values")
+        self._capacity = <Py_ssize_t>cap
+
+    def __dealloc__(self):
+        free(self._ring)
+
+    # -- critical sections: mutex held on entry, released on return -----------------
+
+    cdef void _write(self, const double* v, Py_ssize_t n) noexcept nogil:
+        cdef Py_ssize_t cap = self._capacity, first
+        self._total += n
+        if n >= cap:
+            memcpy(self._ring, v + (n - cap), <size_t>cap * sizeof(double))
+            self._head = 0
+            self._len = cap
+        else:
+            first = min(n, cap - self._head)
+            memcpy(self._ring + self._head, v, <size_t>first * sizeof(double))
+            memcpy(self._ring, v + first, <size_t>(n - first) * sizeof(double))
+            self._head = (self._head + n) % cap
+            self._len = min(self._len + n, cap)
+        fb_unlock(self._mutex)
+
+    cdef void _write_elapsed(self, const int64_t* start, Py_ssize_t n,
+                             int64_t end) noexcept nogil:
+        cdef Py_ssize_t i, cap = self._capacity, skip = n - cap if n > cap else 0
+        self._total += n
+        for i in range(skip, n):
+            # Wrapping subtraction, as numpy's int64 arithmetic does.
+            self._ring[self._head] = <double>(<int64_t>(<uint64_t>end - <uint64_t>start[i])) / 1e6
+            self._head += 1
+            if self._head == cap:
+                self._head = 0
+        self._len = min(self._len + (n - skip), cap)
+        fb_unlock(self._mutex)
+
+    cdef void _reset(self) noexcept nogil:
+        self._head = 0
+        self._len = 0
+        self._total = 0
+        fb_unlock(self._mutex)
+
+    cdef Py_ssize_t _read(self, int64_t* total) noexcept nogil:
+        cdef Py_ssize_t n = self._len
+        total[0] = self._total
+        fb_unlock(self._mutex)
+        return n
+
+    cdef Py_ssize_t _copy(self, double* dst) noexcept nogil:
+        """Copy the window into ``dst``, oldest first; returns its length."""
+        cdef Py_ssize_t n = self._len, first
+        if n < self._capacity:
+            memcpy(dst, self._ring, <size_t>n * sizeof(double))  # not wrapped yet
+        else:
+            first = self._capacity - self._head
+            memcpy(dst, self._ring + self._head, <size_t>first * sizeof(double))
+            memcpy(dst + first, self._ring, <size_t>self._head * sizeof(double))
+        fb_unlock(self._mutex)
+        return n
+
+    # The same lock dance for each: try with the GIL, else lock and run without it.
+
+    cdef Py_ssize_t _snapshot(self, double* dst):
+        if fb_try_lock(self._mutex):
+            return self._copy(dst)
+        with nogil:
+            fb_lock(self._mutex)
+            return self._copy(dst)
+
+    cdef Py_ssize_t _counts(self, int64_t* total):
+        if fb_try_lock(self._mutex):
+            return self._read(total)
+        with nogil:
+            fb_lock(self._mutex)
+            return self._read(total)
+
+    cdef void _append(self, const double* v, Py_ssize_t n):
+        if fb_try_lock(self._mutex):
+            self._write(v, n)
+        else:
+            with nogil:
+                fb_lock(self._mutex)
+                self._write(v, n)
+
+    # -- Python API -------------------------------------------------------------------
+
+    @property
+    def capacity(self):
+        """Maximum number of values the window holds."""
+        return self._capacity
+
+    @property
+    def total_count(self):
+        """Values recorded since creation or ``clear()``, including those overwritten."""
+        cdef int64_t total
+        self._counts(&total)
+        return total
+
+    def __len__(self):
+        """Values currently in the window (``min(total_count, capacity)``)."""
+        cdef int64_t total
+        return self._counts(&total)
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {len(self)}/{self._capacity} values>"
+
+    def record(self, double value):
+        """Record one value."""
+        self._append(&value, 1)
+
+    def record_many(self, values):
+        """Record each value of a 1-D float sequence, in order."""
+        cdef cnp.ndarray arr = cnp.PyArray_FROMANY(
+            values, cnp.NPY_FLOAT64, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
+        if cnp.PyArray_NDIM(arr) != 1:
+            raise ValueError(f"values must be one-dimensional, got shape {(<object>arr).shape}")
+        self._append(<const double*>cnp.PyArray_DATA(arr), cnp.PyArray_SIZE(arr))
+
+    def record_elapsed_ms(self, start_ns, end_ns):
+        """Record ``(end_ns - s) / 1e6`` for each ``s`` of ``start_ns`` (milliseconds)."""
+        cdef int64_t end = _as_int64(end_ns, "end_ns")
+        cdef cnp.ndarray arr = cnp.PyArray_FROMANY(
+            start_ns, cnp.NPY_INT64, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
+        if cnp.PyArray_NDIM(arr) != 1:
+            raise ValueError(
+                f"start_ns must be one-dimensional, got shape {(<object>arr).shape}")
+        cdef const int64_t* start = <const int64_t*>cnp.PyArray_DATA(arr)
+        cdef Py_ssize_t n = cnp.PyArray_SIZE(arr)
+        if fb_try_lock(self._mutex):
+            self._write_elapsed(start, n, end)
+        else:
+            with nogil:
+                fb_lock(self._mutex)
+                self._write_elapsed(start, n, end)
+
+    def values(self):
+        """A copy of the window, oldest first."""
+        cdef cnp.npy_intp dim = self._capacity
+        arr = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_FLOAT64, 0)
+        cdef Py_ssize_t n = self._snapshot(<double*>cnp.PyArray_DATA(arr))
+        return arr if n == self._capacity else arr[:n].copy()
+
+    def percentile(self, q):
+        """The q-th percentile (``0 <= q <= 100``, else ``ValueError``); NaN when empty."""
+        return self._summary((q,), False)[4][0]
+
+    def summary(self, percentiles=()):
+        """``(count, mean, min, max, (percentile(q) for q in percentiles))``, one copy.
+
+        Mean/min/max/percentiles are NaN when the window is empty.
+        """
+        return self._summary(tuple(percentiles), True)
+
+    cdef tuple _summary(self, tuple qs, bint moments):
+        cdef Py_ssize_t i, m = len(qs), n
+        cdef Summary s
+        cdef double* qv
+        cdef double* out
+        cdef double* scratch = <double*>malloc(
+            <size_t>(self._capacity + 2 * m + 1) * sizeof(double))
+        if scratch == NULL:
+            raise MemoryError()
+        qv = scratch + self._capacity
+        out = qv + m
+        try:
+            for i in range(m):
+                q = qs[i]
+                qv[i] = _as_double(q, "q")
+                if not 0.0 <= qv[i] <= 100.0:  # NaN fails too
+                    raise ValueError(f"percentile q must be between 0 and 100, got {q!r}")
+            n = self._snapshot(scratch)
+            if n >= _NOGIL_STATS_VALUES:
+                with nogil:
+                    _summarize(scratch, n, qv, m, &s, out, moments)
+            else:
+                _summarize(scratch, n, qv, m, &s, out, moments)
+            return (s.count, s.mean, s.min, s.max, tuple([out[i] for i in range(m)]))
+        finally:
+            free(scratch)
+
+    def clear(self):
+        """Forget every value (``total_count`` restarts at 0)."""
+        if fb_try_lock(self._mutex):
+            self._reset()
+        else:
+            with nogil:
+                fb_lock(self._mutex)
+                self._reset()

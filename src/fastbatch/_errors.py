@@ -1,0 +1,46 @@
+"""Exception types raised by fastbatch.
+
+Each one subclasses the stdlib exception a caller would already catch (``queue.Full``,
+``TimeoutError``, ``ValueError`` ...) so that code written for the seed's processor keeps
+working, plus :class:`FastBatchError` so that callers can catch everything of ours at once.
+"""
+
+from __future__ import annotations
+
+import queue
+
+
+class FastBatchError(Exception):
+    """Base class of every exception fastbatch raises on its own account."""
+
+
+class QueueFullError(FastBatchError, queue.Full):
+    """The request queue stayed full for the whole enqueue timeout."""
+
+
+class QueueClosedError(FastBatchError, RuntimeError):
+    """The request queue is closed: nothing more can be put into it."""
+
+
+class ProcessorStoppedError(QueueClosedError):
+    """The processor is not running (never started, stopping or stopped).
+
+    Raised by enqueue calls after ``stop()`` and set on futures whose items were still
+    queued when ``stop(timeout)`` ran out of time.
+    """
+
+
+class BatchShapeError(FastBatchError, ValueError):
+    """An item's sample shape differs from the batch's sample shape."""
+
+
+class BatchDtypeError(FastBatchError, TypeError):
+    """An item's dtype differs from the batch's dtype, or cannot be batched at all."""
+
+
+class ResultMismatchError(FastBatchError, ValueError):
+    """The batch function returned a result that cannot be split back to the items."""
+
+
+class ItemTimeoutError(FastBatchError, TimeoutError):
+    """An item ran out of time (``item_timeout`` for non-array items)."""

@@ -1,0 +1,146 @@
+"""The health monitor: stuck batches, process memory and queue growth.
+
+A thread (``fastbatch-health-<name>``) runs ``check(act=True)`` every
+``health_check_interval`` seconds and wakes at once on ``stop()``. Each check looks at:
+
+- the running batch: longer than ``stuck_batch_timeout`` → critical ("stuck");
+- the process's share of RAM (psutil): above ``memory_warning_threshold`` → warning and a
+  garbage collection (when ``enable_memory_optimization``); above
+  ``memory_critical_threshold`` → critical, a collection and a halved batch size;
+- the queue: above ``queue_warning_threshold`` items → warning and a batch size 25 %
+  larger; above ``queue_critical_threshold`` → critical and the maximum batch size.
+
+Batch-size actions are skipped under the FIXED strategy: a fixed size stays fixed.
+Every reason is logged through the ``fastbatch`` logger when it appears and when it clears,
+not on every check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+import threading
+from collections.abc import Callable
+
+import psutil
+
+from . import _backend
+from ._adaptive import BatchSizer
+from ._config import BatchProcessingStrategy, BatchProcessorConfig
+
+logger = logging.getLogger("fastbatch")
+
+
+@dataclasses.dataclass(frozen=True)
+class HealthSnapshot:
+    """The outcome of one health check.
+
+    Attributes:
+        status: "ok", "warning", "critical", or "stopped" when the processor is not running.
+        reasons: one line per problem found, empty when status is "ok".
+        memory_percent: the process's resident memory as a percentage of RAM.
+        queue_size: items waiting in the queue.
+        batch_running_s: how long the batch in flight has been running (0.0 when idle).
+        batch_size: the batch size in force after the check's actions.
+    """
+
+    status: str
+    reasons: tuple[str, ...]
+    memory_percent: float
+    queue_size: int
+    batch_running_s: float
+    batch_size: int
+
+
+class HealthMonitor:
+    """Checks the processor's health now (``check``) or periodically (``start``)."""
+
+    def __init__(
+        self,
+        name: str,
+        config: BatchProcessorConfig,
+        sizer: BatchSizer,
+        queue_size: Callable[[], int],
+        batch_started_ns: Callable[[], int],
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.sizer = sizer
+        self._queue_size = queue_size
+        self._batch_started_ns = batch_started_ns
+        self._process = psutil.Process()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._active: dict[str, str] = {}  # reason kind -> level reported; monitor thread only
+
+    def start(self) -> None:
+        """Start the periodic checks on their own thread."""
+        self._thread = threading.Thread(target=self._run, name=f"fastbatch-health-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the periodic checks and join the thread."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.config.health_check_interval):
+            try:
+                self.check(act=True)
+            except Exception:  # noqa: BLE001 - a failed check must not end monitoring
+                logger.exception("fastbatch: health check of %s failed", self.name)
+
+    def check(self, act: bool = False) -> HealthSnapshot:
+        """Measure now; with ``act``, also collect garbage, resize batches and log changes."""
+        cfg = self.config
+        reasons: dict[str, tuple[str, str]] = {}  # kind -> (level, text)
+        started = self._batch_started_ns()
+        running_s = (_backend.monotonic_ns() - started) / 1e9 if started else 0.0
+        if running_s > cfg.stuck_batch_timeout:
+            reasons["stuck"] = ("critical", f"a batch has been running for {running_s:.1f}s "
+                                            f"(stuck_batch_timeout={cfg.stuck_batch_timeout}s)")
+        memory = self._process.memory_percent()
+        if memory >= cfg.memory_critical_threshold:
+            reasons["memory"] = ("critical", f"process memory {memory:.1f}% >= "
+                                             f"memory_critical_threshold={cfg.memory_critical_threshold}%")
+        elif memory >= cfg.memory_warning_threshold:
+            reasons["memory"] = ("warning", f"process memory {memory:.1f}% >= "
+                                            f"memory_warning_threshold={cfg.memory_warning_threshold}%")
+        queued = self._queue_size()
+        if queued >= cfg.queue_critical_threshold:
+            reasons["queue"] = ("critical", f"{queued} items queued >= "
+                                            f"queue_critical_threshold={cfg.queue_critical_threshold}")
+        elif queued >= cfg.queue_warning_threshold:
+            reasons["queue"] = ("warning", f"{queued} items queued >= "
+                                           f"queue_warning_threshold={cfg.queue_warning_threshold}")
+        if act:
+            self._act(reasons)
+        levels = {level for level, _ in reasons.values()}
+        status = "critical" if "critical" in levels else "warning" if levels else "ok"
+        return HealthSnapshot(status, tuple(text for _, text in reasons.values()), memory,
+                              queued, running_s, self.sizer.size)
+
+    def _act(self, reasons: dict[str, tuple[str, str]]) -> None:
+        cfg = self.config
+        resizable = self.sizer.strategy is not BatchProcessingStrategy.FIXED
+        memory = reasons.get("memory")
+        if memory is not None:
+            if cfg.enable_memory_optimization:
+                gc.collect()
+            if memory[0] == "critical" and resizable:
+                self.sizer.shrink(0.5)
+        queue = reasons.get("queue")
+        if queue is not None and resizable and memory is None:
+            if queue[0] == "critical":
+                self.sizer.set(self.sizer.max_size)
+            else:
+                self.sizer.set(int(self.sizer.size * 1.25) + 1)
+        for kind, (level, text) in reasons.items():
+            if self._active.get(kind) != level:
+                log = logger.error if level == "critical" else logger.warning
+                log("fastbatch %s: %s (batch size now %d)", self.name, text, self.sizer.size)
+        for kind in self._active - reasons.keys():
+            logger.info("fastbatch %s: %s back to normal", self.name, kind)
+        self._active = {kind: level for kind, (level, _) in reasons.items()}

@@ -1,0 +1,363 @@
+"""``BatchProcessor``: lifecycle (start/stop/pause/resume) and intake (enqueue).
+
+The batching itself happens in ``_worker``; this module validates what comes in, owns the
+state machine and the threads, and assembles ``get_stats()`` and ``health()``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from . import _backend
+from ._adaptive import BatchSizer
+from ._config import BatchPriority, BatchProcessorConfig
+from ._errors import (BatchDtypeError, BatchShapeError, ProcessorStoppedError, QueueClosedError,
+                      QueueFullError)
+from ._future import BatchFuture, fail_futures
+from ._health import HealthMonitor, HealthSnapshot
+from ._stats import BatchStats
+from ._worker import Worker
+
+logger = logging.getLogger("fastbatch")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_IDLE, _RUNNING, _STOPPING, _STOPPED = "idle", "running", "stopping", "stopped"
+_ids = itertools.count(1)
+# Accepts the enum members and their int values; bools are refused separately.
+_PRIORITIES = {int(p): int(p) for p in BatchPriority}
+# How long stop() still waits for a worker whose batch function overran the deadline.
+_ABANDON_GRACE_S = 1.0
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    return str(tuple(shape))
+
+
+class BatchProcessor(Generic[T, R]):
+    """Collects items from any thread into batches and runs a batch function on them.
+
+    Args:
+        config: the settings; ``BatchProcessorConfig()`` when omitted.
+        name: used in thread names, logs and errors; ``batch-<n>`` when omitted.
+
+    Raises:
+        TypeError: ``config`` is not a ``BatchProcessorConfig``.
+        ValueError: the config breaks one of its rules (checked again here).
+    """
+
+    def __init__(self, config: BatchProcessorConfig | None = None, *, name: str | None = None) -> None:
+        if config is None:
+            config = BatchProcessorConfig()
+        elif not isinstance(config, BatchProcessorConfig):
+            raise TypeError(f"config must be a BatchProcessorConfig, not {type(config).__name__}")
+        config.validate()
+        self.config = config
+        self.name = name or f"batch-{next(_ids)}"
+        self.stats = BatchStats(config.monitoring_window, enabled=config.enable_monitoring)
+        self.sizer = BatchSizer(config)
+        self._lock = threading.Lock()  # guards the lifecycle fields below and the schema
+        self._state = _IDLE
+        self._stopped = threading.Event()
+        self._paused = False
+        self._queue: Any = None
+        self._worker: Worker | None = None
+        self._monitor: HealthMonitor | None = None
+        self._abort = threading.Event()
+        self._max_bytes = config.max_batch_bytes
+        self._reset_schema()
+        self._count_lock = threading.Lock()
+        self._submitted = 0
+        self._refused = 0
+
+    def __repr__(self) -> str:
+        return f"<BatchProcessor {self.name!r} {self._state} core={_backend.NAME}>"
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self, process_func: Callable[[Any], Any]) -> None:
+        """Start the worker (and the health monitor) with ``process_func``.
+
+        ``process_func`` receives a batch (an ``(n, ...)`` array for array items, one item
+        or a list for other items, see the README) and returns one result per sample.
+
+        Raises:
+            TypeError: ``process_func`` is not callable.
+            RuntimeError: the processor is already running or still stopping.
+        """
+        if not callable(process_func):
+            raise TypeError(f"process_func must be callable, not {type(process_func).__name__}")
+        with self._lock:
+            if self._state in (_RUNNING, _STOPPING):
+                raise RuntimeError(f"BatchProcessor {self.name!r} is already {self._state}")
+            self._reset_schema()
+            self._abort = threading.Event()
+            self._stopped.clear()
+            cfg = self.config
+            queue = _backend.RequestQueue(cfg.max_queue_size, cfg.enable_priority_queue)
+            if self._paused:
+                queue.pause()
+            worker = Worker(self.name, cfg, process_func, queue, self.sizer, self.stats, self._abort)
+            worker.on_exit = self._worker_exited
+            monitor = HealthMonitor(self.name, cfg, self.sizer, queue.__len__,
+                                    lambda: worker.batch_started_ns)
+            self._queue, self._worker, self._monitor = queue, worker, monitor
+            self._state = _RUNNING
+            worker.thread.start()
+            if cfg.enable_health_monitoring:
+                monitor.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop intake at once, process what is queued while time remains, then fail the rest.
+
+        Later enqueues raise ``ProcessorStoppedError``. Items still queued (or a batch still
+        running) when ``timeout`` runs out get ``ProcessorStoppedError``. Joins the threads
+        it started. Idempotent and safe from any thread; called from inside the batch
+        function or a done-callback it returns at once and the worker finishes the stop.
+
+        Args:
+            timeout: seconds to wait for the queue to drain; ``None`` waits until it has.
+
+        Raises:
+            ValueError: ``timeout`` is negative or NaN.
+        """
+        if timeout is not None and not timeout >= 0:
+            raise ValueError(f"timeout must be None or a number >= 0, not {timeout!r}")
+        with self._lock:
+            state, worker, queue = self._state, self._worker, self._queue
+            if state == _RUNNING:
+                self._state = _STOPPING
+                queue.close()
+        if state in (_IDLE, _STOPPED) or worker is None:
+            return
+        if state == _STOPPING or worker.thread is threading.current_thread():
+            if worker.thread is not threading.current_thread():
+                self._stopped.wait(timeout)
+            return
+        worker.thread.join(timeout)
+        if worker.thread.is_alive():
+            self._abort.set()
+            error = ProcessorStoppedError(
+                f"BatchProcessor {self.name!r} stopped (timeout={timeout}s) before this item was processed")
+            _, futures, _ = queue.drain()
+            fail_futures(futures, error)
+            self.stats.record_error(len(futures))
+            fail_futures(worker.inflight, error)
+            worker.thread.join(_ABANDON_GRACE_S)
+            if worker.thread.is_alive():
+                logger.warning("fastbatch %s: the batch function is still running after stop(); "
+                               "its thread is left to finish on its own", self.name)
+        self._finish_stop()
+
+    def _worker_exited(self) -> None:
+        """Called on the worker thread as it ends; completes a stop begun on that thread."""
+        if self._state == _STOPPING and not self._stopped.is_set():
+            self._finish_stop()
+
+    def _finish_stop(self) -> None:
+        monitor = self._monitor
+        if monitor is not None:
+            monitor.stop()
+        with self._lock:
+            if self._state == _STOPPING:
+                self._state = _STOPPED
+            self._stopped.set()
+
+    def pause(self) -> None:
+        """Hold dispatch: no new batch starts until ``resume()``; items still queue up."""
+        with self._lock:
+            self._paused = True
+            if self._queue is not None:
+                self._queue.pause()
+
+    def resume(self) -> None:
+        """Let batches start again after ``pause()``."""
+        with self._lock:
+            self._paused = False
+            if self._queue is not None:
+                self._queue.resume()
+
+    def __enter__(self) -> BatchProcessor[T, R]:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def is_running(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._state == _RUNNING
+
+    # -- intake ---------------------------------------------------------------------------
+
+    def enqueue(self, item: T, timeout: float | None = None,
+                priority: BatchPriority | int = BatchPriority.NORMAL) -> None:
+        """Queue ``item`` for processing without a future (errors are logged and counted).
+
+        Args:
+            item: a numpy array (1-D: one sample; ``(n, ...)``: n samples) or, for a
+                processor of non-array items, any object but ``None``.
+            timeout: seconds to wait for room in a full queue; ``None`` waits as long as
+                it takes, 0 not at all.
+            priority: a ``BatchPriority`` (lower goes first when priorities are enabled).
+
+        Raises:
+            QueueFullError: the queue stayed full for ``timeout`` seconds.
+            ProcessorStoppedError: the processor is not running.
+            TypeError, ValueError, BatchShapeError, BatchDtypeError: a bad item, timeout
+                or priority (the message names the problem).
+        """
+        self._put(item, None, timeout, priority)
+
+    def enqueue_predict(self, item: T, timeout: float | None = None,
+                        priority: BatchPriority | int = BatchPriority.NORMAL) -> BatchFuture[R]:
+        """Queue ``item`` and return a future of its result (its rows of the batch result).
+
+        Arguments as for :meth:`enqueue`. A full queue gives a future failed with
+        ``QueueFullError`` (seed behaviour), or raises it when ``raise_on_queue_full``.
+
+        Raises:
+            ProcessorStoppedError: the processor is not running.
+            TypeError, ValueError, BatchShapeError, BatchDtypeError: as for ``enqueue``.
+        """
+        future: BatchFuture[R] = BatchFuture()
+        try:
+            self._put(item, future, timeout, priority)
+        except QueueFullError as exc:
+            if self.config.raise_on_queue_full:
+                raise
+            future.set_exception(exc)
+        return future
+
+    def _put(self, item: Any, future: Any, timeout: float | None, priority: Any) -> None:
+        if item.__class__ is np.ndarray and item.shape == self._row_shape and item.dtype == self._dtype:
+            samples, nbytes = 1, item.nbytes  # the common case: a row like the ones before
+        else:
+            samples, nbytes = self._describe(item)
+        cls = priority.__class__
+        prio = _PRIORITIES.get(priority) if cls is BatchPriority or cls is int or (
+            cls is not bool and isinstance(priority, np.integer)) else None
+        if prio is None:
+            raise ValueError(f"priority must be a BatchPriority (0..4), not {priority!r}")
+        queue = self._queue
+        if queue is None:
+            raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running: call start() first")
+        try:
+            queue.put(item, future, samples, nbytes, prio, timeout)
+        except QueueFullError:
+            with self._count_lock:
+                self._refused += 1
+            raise
+        except QueueClosedError:
+            raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is {self._state}: "
+                                        "it accepts no more items") from None
+        with self._count_lock:
+            self._submitted += 1
+
+    def _reset_schema(self) -> None:
+        # Fixed by the first item: the dtype and sample shape every later array must have,
+        # or "generic" for a processor of non-array items.
+        self._kind: str | None = None
+        self._dtype: Any = None
+        self._sample_shape: tuple[int, ...] = ()
+        self._row_shape: Any = None  # shape of a 1-D item (= the sample shape) when 1-D
+
+    def _describe(self, item: Any) -> tuple[int, int]:
+        """Validate an item against the processor's schema; returns (samples, nbytes)."""
+        if not isinstance(item, np.ndarray):
+            if item is None:
+                raise TypeError("item is None: enqueue a numpy array or an object the batch function accepts")
+            if self._kind == "array":
+                raise TypeError(f"this processor batches numpy arrays (dtype {self._dtype}, sample shape "
+                                f"{_shape(self._sample_shape)}); got {type(item).__name__}")
+            if self._kind is None:
+                with self._lock:
+                    self._kind = self._kind or "generic"
+                if self._kind != "generic":
+                    return self._describe(item)
+            return 1, 0
+        if self._kind == "generic":
+            raise TypeError("this processor was given non-array items; an array cannot be batched with them")
+        if item.ndim == 0:
+            raise ValueError(f"a 0-d array ({item!r}) cannot be batched: pass a 1-D row "
+                             "(x.reshape(1)) or an (n, ...) mini-batch")
+        if item.dtype.hasobject:
+            raise BatchDtypeError(f"arrays of dtype {item.dtype} cannot be batched: they hold Python objects")
+        if item.ndim == 1:
+            samples, sample_shape = 1, item.shape
+        else:
+            samples, sample_shape = item.shape[0], item.shape[1:]
+            if samples == 0:
+                raise ValueError(f"a mini-batch of 0 samples (shape {_shape(item.shape)}) cannot be batched")
+        if self._kind is None:
+            with self._lock:
+                if self._kind is None:
+                    self._dtype, self._sample_shape = item.dtype, sample_shape
+                    self._row_shape = sample_shape if len(sample_shape) == 1 else None
+                    self._kind = "array"
+        if item.dtype != self._dtype:
+            raise BatchDtypeError(f"item has dtype {item.dtype} but the batch has dtype {self._dtype}")
+        if sample_shape != self._sample_shape:
+            if item.ndim == 1:
+                raise BatchShapeError(f"item has shape {_shape(item.shape)} but the batch has shape "
+                                      f"{_shape(self._sample_shape)}")
+            raise BatchShapeError(f"item has sample shape {_shape(sample_shape)} (array shape "
+                                  f"{_shape(item.shape)}) but the batch has sample shape "
+                                  f"{_shape(self._sample_shape)}")
+        if self._max_bytes and item.nbytes > self._max_bytes:
+            raise ValueError(f"item of {item.nbytes} bytes exceeds the batch byte budget "
+                             f"max_batch_memory_mb={self.config.max_batch_memory_mb} ({self._max_bytes} bytes)")
+        return int(samples), item.nbytes
+
+    # -- control and observation ----------------------------------------------------------
+
+    def update_batch_size(self, new_size: int) -> None:
+        """Set the batch size (samples) used from the next batch on.
+
+        Raises:
+            TypeError: ``new_size`` is not an int.
+            ValueError: ``new_size`` is outside ``[min_batch_size, max_batch_size]``.
+        """
+        if isinstance(new_size, bool) or not isinstance(new_size, (int, np.integer)):
+            raise TypeError(f"new_size must be an int, not {type(new_size).__name__}")
+        lo, hi = self.config.min_batch_size, self.config.max_batch_size
+        if not lo <= new_size <= hi:
+            raise ValueError(f"new_size={new_size} is outside [min_batch_size={lo}, max_batch_size={hi}]")
+        self.sizer.set(int(new_size))
+
+    def get_stats(self) -> dict[str, Any]:
+        """A snapshot of every statistic the seed lists, plus a few of ours (README)."""
+        stats = self.stats.get_stats()
+        queue, worker = self._queue, self._worker
+        with self._count_lock:
+            submitted, refused = self._submitted, self._refused
+        stats.update(
+            current_batch_size=self.sizer.size,
+            system_load=self.sizer.load,
+            active_batches=1 if worker is not None and worker.batch_started_ns else 0,
+            queue_size=len(queue) if queue is not None and self._state != _STOPPED else 0,
+            is_paused=self._paused,
+            is_stopping=self._state == _STOPPING,
+            is_running=self._state == _RUNNING,
+            total_submitted=submitted,
+            total_refused=refused,
+            arrival_rate=self.sizer.arrival_rate,
+            core=_backend.NAME,
+        )
+        return stats
+
+    def health(self) -> HealthSnapshot:
+        """Check health now (read-only: no garbage collection, no resizing)."""
+        monitor = self._monitor
+        if monitor is None or self._state != _RUNNING:
+            return HealthSnapshot("stopped", (f"the processor is {self._state}",), math.nan, 0, 0.0,
+                                  self.sizer.size)
+        return monitor.check(act=False)

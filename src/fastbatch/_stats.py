@@ -1,0 +1,166 @@
+"""Statistics: ``BatchStats`` keeps the windows and counters behind ``get_stats()``.
+
+The worker is the only writer of the windows and of the completion counters; readers get
+snapshots computed by the core's ``StatsWindow`` (copy under a short lock, percentiles
+outside it), so reading statistics never stalls the worker.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _backend
+
+#: Keys computed from the windows; with monitoring off they are reported as 0.0.
+WINDOW_KEYS = (
+    "avg_processing_time_ms", "p95_processing_time_ms", "avg_batch_size", "max_batch_size",
+    "min_batch_size", "avg_queue_time_ms", "avg_latency_ms", "p50_latency_ms",
+    "p95_latency_ms", "p99_latency_ms", "avg_queue_length", "max_queue_length", "throughput",
+)
+
+# Per-item windows hold this many batches' worth of items at the most; a 10,000-item
+# window keeps get_stats() well under a millisecond with the compiled core.
+_ITEM_WINDOW_CAP = 10_000
+
+
+def _num(value: float) -> float:
+    return 0.0 if math.isnan(value) else float(value)
+
+
+class BatchStats:
+    """Processing statistics over the last ``window`` batches (seed API kept).
+
+    Args:
+        window: number of batches the per-batch windows hold (``monitoring_window``).
+        item_window: number of items the per-item latency windows hold; by default
+            ``window * 100`` capped at 10,000.
+        enabled: when False, nothing is recorded in the windows (counters still count).
+    """
+
+    def __init__(self, window: int = 100, item_window: int | None = None, enabled: bool = True) -> None:
+        if item_window is None:
+            item_window = min(_ITEM_WINDOW_CAP, window * 100)
+        core = _backend
+        self.enabled = enabled
+        self._processing_ms = core.StatsWindow(window)
+        self._batch_size = core.StatsWindow(window)
+        self._queue_length = core.StatsWindow(window)
+        self._batch_start_s = core.StatsWindow(window)
+        self._queue_ms = core.StatsWindow(item_window)
+        self._latency_ms = core.StatsWindow(item_window)
+        self._last_end_s = math.nan
+        # Completion counters: written by the worker only.
+        self.batch_count = 0
+        self.total_processed = 0
+        self.total_samples = 0
+        self.total_failed = 0
+        self.total_cancelled = 0
+        self.batch_errors = 0
+        # Written from any thread (record_error from user code, refusals by producers).
+        self._lock = threading.Lock()
+        self._external_errors = 0
+
+    def record_batch(
+        self,
+        *,
+        start_ns: int,
+        end_ns: int,
+        samples: int,
+        items: int,
+        failed: int,
+        queue_length: int,
+        enqueue_ns: np.ndarray,
+    ) -> None:
+        """Record one finished batch (the worker's fast path; times from the core clock)."""
+        self.batch_count += 1
+        self.total_processed += items - failed
+        self.total_failed += failed
+        if failed < items:
+            self.total_samples += samples
+        if not self.enabled:
+            return
+        self._processing_ms.record((end_ns - start_ns) / 1e6)
+        self._batch_size.record(samples)
+        self._queue_length.record(queue_length)
+        self._batch_start_s.record(start_ns / 1e9)
+        self._last_end_s = end_ns / 1e9
+        self._queue_ms.record_elapsed_ms(enqueue_ns, start_ns)
+        self._latency_ms.record_elapsed_ms(enqueue_ns, end_ns)
+
+    def update(
+        self,
+        processing_time: float,
+        batch_size: int,
+        queue_time: float | Sequence[float],
+        latency: float | Sequence[float],
+        queue_length: int,
+    ) -> None:
+        """Seed API: record a batch from times in seconds (per-item or one for all)."""
+        end_s = _backend.monotonic_ns() / 1e9
+        self.batch_count += 1
+        self.total_processed += batch_size
+        self.total_samples += batch_size
+        if not self.enabled:
+            return
+        self._processing_ms.record(processing_time * 1e3)
+        self._batch_size.record(batch_size)
+        self._queue_length.record(queue_length)
+        self._batch_start_s.record(end_s - processing_time)
+        self._last_end_s = end_s
+        self._queue_ms.record_many(np.atleast_1d(np.asarray(queue_time, dtype=np.float64)) * 1e3)
+        self._latency_ms.record_many(np.atleast_1d(np.asarray(latency, dtype=np.float64)) * 1e3)
+
+    def record_error(self, count: int = 1) -> None:
+        """Seed API: count ``count`` failed items (thread-safe)."""
+        with self._lock:
+            self._external_errors += count
+
+    def get_stats(self) -> dict[str, Any]:
+        """Snapshot of the window statistics and counters as a plain dict."""
+        stats: dict[str, Any] = dict.fromkeys(WINDOW_KEYS, 0.0)
+        failed = self.total_failed + self._external_errors
+        finished = self.total_processed + failed
+        stats.update(
+            batch_count=self.batch_count,
+            total_processed=self.total_processed,
+            total_samples=self.total_samples,
+            total_failed=failed,
+            total_cancelled=self.total_cancelled,
+            batch_errors=self.batch_errors,
+            error_rate=failed / finished if finished else 0.0,
+        )
+        if not self.enabled:
+            return stats
+        n, mean, _, _, (p95,) = self._processing_ms.summary((95.0,))
+        stats["avg_processing_time_ms"] = _num(mean)
+        stats["p95_processing_time_ms"] = _num(p95)
+        sizes = self._batch_size.values()
+        if len(sizes):
+            stats["avg_batch_size"] = float(sizes.mean())
+            stats["max_batch_size"] = int(sizes.max())
+            stats["min_batch_size"] = int(sizes.min())
+            starts = self._batch_start_s.values()
+            span = self._last_end_s - float(starts[0])
+            stats["throughput"] = float(sizes.sum()) / span if span > 0 else 0.0
+        _, mean, _, _, _ = self._queue_ms.summary()
+        stats["avg_queue_time_ms"] = _num(mean)
+        _, mean, _, _, (p50, p95, p99) = self._latency_ms.summary((50.0, 95.0, 99.0))
+        stats["avg_latency_ms"] = _num(mean)
+        stats["p50_latency_ms"] = _num(p50)
+        stats["p95_latency_ms"] = _num(p95)
+        stats["p99_latency_ms"] = _num(p99)
+        _, mean, _, qmax, _ = self._queue_length.summary()
+        stats["avg_queue_length"] = _num(mean)
+        stats["max_queue_length"] = int(_num(qmax))
+        return stats
+
+    def clear(self) -> None:
+        """Forget the windows (counters are kept: they count since creation)."""
+        for window in (self._processing_ms, self._batch_size, self._queue_length,
+                       self._batch_start_s, self._queue_ms, self._latency_ms):
+            window.clear()

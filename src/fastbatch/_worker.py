@@ -1,0 +1,215 @@
+"""The worker loop: take a batch, call the batch function, hand the results back.
+
+One ``Worker`` runs on one thread (``fastbatch-worker-<name>``). It owns the assembler,
+the completion counters of ``BatchStats`` and the in-flight bookkeeping; everything it
+shares with other threads is either thread-safe by itself (the queue, the sizer, events)
+or a single attribute it alone writes (``batch_started_ns``, ``inflight``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from . import _backend
+from ._adaptive import BatchSizer
+from ._config import BatchProcessorConfig
+from ._errors import ItemTimeoutError, ProcessorStoppedError, QueueClosedError, ResultMismatchError
+from ._future import add_note, fail_futures, resolve_results
+from ._stats import BatchStats
+
+logger = logging.getLogger("fastbatch")
+
+
+class Worker:
+    """Runs batches until the queue is closed and empty, or ``abort`` is set."""
+
+    def __init__(
+        self,
+        name: str,
+        config: BatchProcessorConfig,
+        func: Callable[[Any], Any],
+        queue: Any,
+        sizer: BatchSizer,
+        stats: BatchStats,
+        abort: threading.Event,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.func = func
+        self.queue = queue
+        self.sizer = sizer
+        self.stats = stats
+        self.abort = abort
+        self.assembler = _backend.BatchAssembler()
+        self.max_bytes = config.max_batch_bytes
+        # Read by the health monitor and stop(); written only here.
+        self.batch_started_ns = 0
+        self.inflight: tuple[Any, ...] = ()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._overran = False  # a per-item call outlived item_timeout
+        self._batches_since_gc = 0
+        self.on_exit: Callable[[], None] | None = None  # runs on this thread as it ends
+        self.thread = threading.Thread(target=self._run, name=f"fastbatch-worker-{name}", daemon=True)
+
+    # -- loop ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # noqa: BLE001 - must never die silently
+            logger.exception("fastbatch: worker %s crashed; failing what is queued", self.name)
+            self.queue.close()
+        finally:
+            self.queue.close()
+            _, futures, _ = self.queue.drain()
+            fail_futures(futures, ProcessorStoppedError(
+                f"BatchProcessor {self.name!r} stopped before this item was processed"))
+            if self._executor is not None:
+                # A call stuck past item_timeout keeps its thread until it returns; we
+                # cannot kill it, so then we do not wait for it either.
+                self._executor.shutdown(wait=not self._overran, cancel_futures=True)
+            if self.on_exit is not None:
+                self.on_exit()
+
+    def _loop(self) -> None:
+        cfg = self.config
+        queue = self.queue
+        interval_ns = int(cfg.min_batch_interval * 1e9)
+        last_start_ns = 0
+        while not self.abort.is_set():
+            if interval_ns and last_start_ns:
+                wait_s = (last_start_ns + interval_ns - _backend.monotonic_ns()) / 1e9
+                if wait_s > 0 and self.abort.wait(wait_s):
+                    break
+            try:
+                got = queue.take_batch(self.sizer.size, self.max_bytes, cfg.batch_timeout, None)
+            except QueueClosedError:
+                break
+            if got is None:  # pragma: no cover - timeout=None never returns None
+                continue
+            items, futures, enqueue_ns = got
+            start_ns = last_start_ns = _backend.monotonic_ns()
+            if self.abort.is_set():
+                fail_futures(futures, ProcessorStoppedError(
+                    f"BatchProcessor {self.name!r} stopped before this item was processed"))
+                break
+            self._run_batch(items, futures, enqueue_ns, start_ns, len(queue))
+
+    def _run_batch(self, items: list[Any], futures: list[Any], enqueue_ns: np.ndarray,
+                   start_ns: int, queue_length: int) -> None:
+        # Cancelled futures leave before the batch is formed.
+        keep = [i for i, f in enumerate(futures) if f is None or f.set_running_or_notify_cancel()]
+        if len(keep) < len(futures):
+            self.stats.total_cancelled += len(futures) - len(keep)
+            if not keep:
+                return
+            items = [items[i] for i in keep]
+            futures = [futures[i] for i in keep]
+            enqueue_ns = enqueue_ns[keep]
+        self.inflight = tuple(futures)
+        self.batch_started_ns = start_ns
+        samples = len(items)
+        failed = 0
+        try:
+            if isinstance(items[0], np.ndarray):
+                results, samples = self._array_batch(items)
+            elif self.config.batch_generic_items:
+                results = self._list_batch(items)
+            else:
+                results, failed = self._itemwise_batch(items, futures)
+        except BaseException as exc:  # noqa: BLE001 - the user's function: fail the batch
+            failed = len(items)
+            if fail_futures(futures, exc) < failed:
+                # Items from enqueue() have no future: the log is the only place to report.
+                logger.error("fastbatch: a batch of %d items failed: %r", failed, exc)
+            if self.config.reduce_batch_on_failure:
+                self.sizer.shrink()
+        else:
+            if results is not None:
+                resolve_results(futures, results)
+        finally:
+            self.batch_started_ns = 0
+            self.inflight = ()
+        end_ns = _backend.monotonic_ns()
+        self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=samples, items=len(items),
+                                failed=failed, queue_length=queue_length, enqueue_ns=enqueue_ns)
+        self.sizer.observe(end_ns / 1e9, (end_ns - start_ns) / 1e9, samples, self.queue.queued_samples)
+        if self.config.enable_memory_optimization:
+            self._batches_since_gc += 1
+            if self._batches_since_gc >= self.config.gc_batch_threshold:
+                self._batches_since_gc = 0
+                gc.collect(0)
+
+    # -- the three kinds of batch ---------------------------------------------------------
+
+    def _array_batch(self, items: list[np.ndarray]) -> tuple[list[Any], int]:
+        batch = self.assembler.assemble(items)
+        samples = len(batch)
+        result = self._call_with_retries(batch, samples)
+        del batch  # our reference must not keep the assembler from reusing its buffer
+        return self.assembler.split(result), samples
+
+    def _list_batch(self, items: list[Any]) -> list[Any]:
+        result = self._call_with_retries(items, len(items))
+        try:
+            n = len(result)
+        except TypeError:
+            raise ResultMismatchError(
+                f"the batch function returned {type(result).__name__}, "
+                f"expected a sequence of {len(items)} results") from None
+        if n != len(items):
+            raise ResultMismatchError(
+                f"the batch function returned {n} results for a batch of {len(items)} samples")
+        return list(result)
+
+    def _itemwise_batch(self, items: list[Any], futures: list[Any]) -> tuple[None, int]:
+        """Seed behaviour for non-array items: one call each on ``max_workers`` threads."""
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                self.config.max_workers, thread_name_prefix=f"fastbatch-item-{self.name}")
+        calls = [self._executor.submit(self._call_with_retries, item, 1) for item in items]
+        concurrent.futures.wait(calls, timeout=self.config.item_timeout)
+        failed = 0
+        for call, future in zip(calls, futures):
+            if call.done():
+                exc = call.exception()
+                outcome = call.result() if exc is None else None
+            else:
+                if not call.cancel():
+                    self._overran = True
+                exc = ItemTimeoutError(
+                    f"the batch function took longer than item_timeout={self.config.item_timeout}s")
+            if exc is not None:
+                failed += 1
+                if future is None:
+                    logger.error("fastbatch: item failed: %r", exc)
+                else:
+                    fail_futures((future,), exc)
+            elif future is not None:
+                resolve_results((future,), (outcome,))
+        return None, failed
+
+    def _call_with_retries(self, arg: Any, samples: int) -> Any:
+        cfg = self.config
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self.func(arg)
+            except Exception as exc:
+                self.stats.batch_errors += 1
+                if attempt > cfg.max_retries or self.abort.is_set():
+                    add_note(exc, f"fastbatch: a batch of {samples} samples failed "
+                                  f"after {attempt} attempt(s)")
+                    raise
+                logger.debug("fastbatch: attempt %d of a batch failed: %r", attempt, exc)
+                if cfg.retry_delay and self.abort.wait(cfg.retry_delay):
+                    add_note(exc, "fastbatch: retries abandoned because the processor stopped")
+                    raise

@@ -1,0 +1,234 @@
+"""StatsWindow: ring semantics, percentiles against numpy, summaries, threads.
+
+Every test runs against both cores (the ``core`` fixture); the contract is
+``src/fastbatch/_core.pyi``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+
+QS = [0, 100, 0.5, 1, 5, 10, 25, 33.3, 50, 66.6, 75, 90, 95, 99, 99.9, *np.linspace(0, 100, 41)]
+
+
+def test_construction(core):
+    w = core.StatsWindow(7)
+    assert (w.capacity, w.total_count, len(w)) == (7, 0, 0)
+    assert w.values().shape == (0,) and w.values().dtype == np.float64
+
+
+@pytest.mark.parametrize(
+    ("capacity", "error"), [(0, ValueError), (-1, ValueError), (2.5, TypeError), ("4", TypeError)]
+)
+def test_invalid_capacity(core, capacity, error):
+    with pytest.raises(error):
+        core.StatsWindow(capacity)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 257, 1000])
+def test_percentiles_equal_numpy(core, n):
+    rng = np.random.default_rng(n)
+    data = rng.standard_normal(n) * 10 + rng.exponential(5, n)
+    w = core.StatsWindow(1000)
+    w.record_many(data)
+    got = [w.percentile(q) for q in QS]
+    np.testing.assert_allclose(got, np.percentile(data, QS), rtol=1e-12, atol=0)
+    count, mean, lo, hi, pcts = w.summary(QS)
+    assert count == n
+    np.testing.assert_allclose(pcts, np.percentile(data, QS), rtol=1e-12, atol=0)
+    np.testing.assert_allclose(mean, data.mean(), rtol=1e-12)
+    assert (lo, hi) == (data.min(), data.max())
+
+
+def test_percentiles_with_ties_and_integers(core):
+    data = np.array([5, 1, 1, 3, 3, 3, 9, 0, 0, 7], dtype=float)
+    w = core.StatsWindow(len(data))
+    for value in data:
+        w.record(value)
+    for q in QS:
+        assert w.percentile(q) == pytest.approx(np.percentile(data, q), rel=1e-12, abs=0)
+    assert w.percentile(0) == 0.0 and w.percentile(100) == 9.0
+
+
+def test_record_accepts_python_and_numpy_numbers(core):
+    w = core.StatsWindow(4)
+    for value in (1, 2.5, np.float32(3.5), np.int64(4)):
+        w.record(value)
+    assert w.values().tolist() == [1.0, 2.5, 3.5, 4.0]
+
+
+def test_ring_keeps_only_the_last_capacity_values_oldest_first(core):
+    w = core.StatsWindow(10)
+    data = np.arange(25, dtype=float) ** 1.5
+    for value in data:
+        w.record(value)
+    assert (w.total_count, len(w)) == (25, 10)
+    np.testing.assert_array_equal(w.values(), data[-10:])
+    assert w.percentile(0) == data[15]
+    count, mean, lo, hi, _ = w.summary()
+    assert (count, lo, hi) == (10, data[15], data[24])
+    np.testing.assert_allclose(mean, data[-10:].mean(), rtol=1e-12)
+
+
+def test_record_many_in_chunks_matches_record_one_by_one(core):
+    rng = np.random.default_rng(11)
+    capacity = 37
+    chunked, single = core.StatsWindow(capacity), core.StatsWindow(capacity)
+    recorded: list[float] = []
+    for size in [0, 1, 5, 36, 37, 38, 3, 100, 2, 17, 74]:
+        chunk = rng.random(size)
+        chunked.record_many(chunk)
+        for value in chunk:
+            single.record(value)
+        recorded.extend(chunk.tolist())
+        expected = np.array(recorded[-capacity:])
+        np.testing.assert_array_equal(chunked.values(), expected)
+        np.testing.assert_array_equal(single.values(), expected)
+        assert chunked.total_count == single.total_count == len(recorded)
+        assert len(chunked) == min(len(recorded), capacity)
+
+
+def test_record_many_accepts_sequences(core):
+    w = core.StatsWindow(5)
+    w.record_many([1.0, 2.0])
+    w.record_many(np.array([3, 4], dtype=np.int32))
+    w.record_many(np.arange(10.0)[::3])  # strided
+    assert w.values().tolist() == [4.0, 0.0, 3.0, 6.0, 9.0]
+    assert w.total_count == 8
+
+
+def test_values_is_a_copy(core):
+    w = core.StatsWindow(3)
+    w.record_many([1.0, 2.0, 3.0])
+    values = w.values()
+    values[:] = 0
+    assert w.values().tolist() == [1.0, 2.0, 3.0]
+
+
+def test_empty_window(core):
+    w = core.StatsWindow(5)
+    assert math.isnan(w.percentile(50))
+    count, mean, lo, hi, pcts = w.summary([0, 50, 100])
+    assert count == 0
+    assert all(math.isnan(x) for x in (mean, lo, hi, *pcts)) and len(pcts) == 3
+    assert w.summary()[4] == ()
+
+
+@pytest.mark.parametrize("q", [-0.001, 100.001, -50, 1e9, math.nan])
+def test_invalid_q(core, q):
+    w = core.StatsWindow(5)
+    with pytest.raises(ValueError):
+        w.percentile(q)
+    with pytest.raises(ValueError):
+        w.summary([50, q])
+    w.record_many([1.0, 2.0])
+    with pytest.raises(ValueError):
+        w.percentile(q)
+    with pytest.raises(ValueError):
+        w.summary([q])
+
+
+def test_summary_returns_one_percentile_per_q_in_order(core):
+    rng = np.random.default_rng(12)
+    data = rng.random(50)
+    w = core.StatsWindow(50)
+    w.record_many(data)
+    qs = [99, 1, 50, 50]
+    pcts = w.summary(qs)[4]
+    assert isinstance(pcts, tuple) and len(pcts) == 4
+    np.testing.assert_allclose(pcts, np.percentile(data, qs), rtol=1e-12, atol=0)
+
+
+def test_clear(core):
+    w = core.StatsWindow(4)
+    w.record_many(np.arange(9.0))
+    w.clear()
+    assert (w.total_count, len(w), w.values().size) == (0, 0, 0)
+    assert w.summary()[0] == 0 and math.isnan(w.summary()[1])
+    w.record_many([5.0, 6.0])
+    assert w.values().tolist() == [5.0, 6.0] and w.total_count == 2
+
+
+def test_record_elapsed_ms(core):
+    end = 5_000_000_000_000
+    starts = np.array([end - 1_000_000, end - 2_500_000, end, end - 1], dtype=np.int64)
+    w = core.StatsWindow(10)
+    w.record_elapsed_ms(starts, end)
+    assert w.values().tolist() == [1.0, 2.5, 0.0, 1e-6]
+    assert w.total_count == 4
+
+
+def test_record_elapsed_ms_is_exact_for_large_timestamps(core):
+    # After ~104 days of uptime monotonic nanoseconds exceed 2**53, where doubles can no
+    # longer hold every integer: the difference must be taken in integers.
+    end = 2**60 + 1_234_567
+    w = core.StatsWindow(10)
+    w.record_elapsed_ms(np.array([end - 1_000_001, end - 3], dtype=np.int64), end)
+    assert w.values().tolist() == [1_000_001 / 1e6, 3 / 1e6]
+
+
+def test_record_elapsed_ms_with_core_timestamps(core):
+    w = core.StatsWindow(10)
+    start = core.monotonic_ns()
+    end = core.monotonic_ns()
+    w.record_elapsed_ms(np.array([start, start], dtype=np.int64), end)
+    assert w.values().tolist() == [(end - start) / 1e6] * 2
+
+
+def test_concurrent_record_and_summary(core, threads):
+    capacity, per_thread, n_writers = 500, 5000, 4
+    w = core.StatsWindow(capacity)
+    start = threading.Barrier(n_writers + 1)
+    stop = threading.Event()
+
+    def write(k: int) -> None:
+        start.wait()
+        for i in range(per_thread):
+            if i % 50 == 0:
+                w.record_many(np.full(10, float(k)))
+            else:
+                w.record(float(k))
+
+    def read() -> int:
+        start.wait()
+        summaries = 0
+        while not stop.is_set() or summaries == 0:
+            count, mean, lo, hi, (p50, p99) = w.summary([50, 99])
+            assert 0 <= count <= capacity
+            if count:
+                assert 0 <= lo <= p50 <= p99 <= hi <= n_writers - 1
+                assert lo <= mean <= hi
+                assert lo in range(n_writers) and hi in range(n_writers)
+            values = w.values()
+            assert values.size <= capacity
+            assert set(values.tolist()) <= set(map(float, range(n_writers)))
+            summaries += 1
+        return summaries
+
+    reader = threads.start(read)
+    writers = [threads.start(write, k) for k in range(n_writers)]
+    for writer in writers:
+        writer.outcome(30.0)
+    stop.set()
+    assert reader.outcome(30.0) > 0
+    expected_total = n_writers * (per_thread + (per_thread // 50) * 9)
+    assert w.total_count == expected_total
+    assert len(w) == capacity
+
+
+def test_compiled_stats_match_pure_python(compiled_core, py_core):
+    rng = np.random.default_rng(13)
+    windows = [compiled_core.StatsWindow(97), py_core.StatsWindow(97)]
+    for _ in range(50):
+        chunk = rng.lognormal(0, 2, rng.integers(0, 60))
+        for w in windows:
+            w.record_many(chunk)
+        a, b = (w.summary(QS) for w in windows)
+        assert a[0] == b[0]
+        np.testing.assert_allclose(a[1:4], b[1:4], rtol=1e-12)
+        np.testing.assert_allclose(a[4], b[4], rtol=1e-12, atol=0)
+        np.testing.assert_array_equal(windows[0].values(), windows[1].values())

@@ -1,0 +1,334 @@
+"""Failures: retries, wrong results, bad items, full queues, and every shutdown path."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import queue
+import threading
+
+import numpy as np
+import pytest
+
+import fastbatch
+
+
+class Flaky:
+    """Fails the first ``failures`` calls, then doubles."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ArithmeticError(f"attempt {self.calls} failed")
+        return batch * 2
+
+
+def test_retries_then_success(make_processor):
+    func = Flaky(2)
+    processor = make_processor(func, max_retries=2)
+    assert processor.enqueue_predict(np.array([1.0])).result(timeout=5)[0] == 2.0
+    assert func.calls == 3
+    stats = processor.get_stats()
+    assert stats["batch_errors"] == 2 and stats["total_failed"] == 0 and stats["error_rate"] == 0.0
+
+
+def test_retries_exhausted_fail_with_original_error(make_processor):
+    func = Flaky(100)
+    processor = make_processor(func, max_retries=2, max_batch_size=4, initial_batch_size=4,
+                               batch_timeout=1.0, processing_strategy="fixed")
+    futures = [processor.enqueue_predict(np.array([float(i)])) for i in range(4)]
+    for f in futures:
+        with pytest.raises(ArithmeticError, match="attempt 3 failed") as info:
+            f.result(timeout=5)
+        assert any("after 3 attempt(s)" in note for note in getattr(info.value, "__notes__", []))
+    assert func.calls == 3
+    stats = processor.get_stats()
+    assert stats["total_failed"] == 4 and stats["error_rate"] == 1.0
+
+
+def test_retry_delay_is_honoured(make_processor):
+    times = []
+
+    def func(batch):
+        times.append(fastbatch._backend.monotonic_ns())
+        raise KeyError("no")
+
+    processor = make_processor(func, max_retries=2, retry_delay=0.05)
+    with pytest.raises(KeyError):
+        processor.enqueue_predict(np.array([1.0])).result(timeout=5)
+    assert min(np.diff(times)) / 1e9 >= 0.045
+
+
+def test_failure_shrinks_batch_size(make_processor):
+    processor = make_processor(Flaky(100), max_retries=0, max_batch_size=64, initial_batch_size=64,
+                               min_batch_size=10, processing_strategy="fixed")
+    with pytest.raises(ArithmeticError):
+        processor.enqueue_predict(np.array([1.0])).result(timeout=5)
+    assert processor.get_stats()["current_batch_size"] == 32
+
+
+def test_failure_keeps_size_when_asked(make_processor):
+    processor = make_processor(Flaky(100), max_retries=0, max_batch_size=64, initial_batch_size=64,
+                               reduce_batch_on_failure=False, processing_strategy="fixed")
+    with pytest.raises(ArithmeticError):
+        processor.enqueue_predict(np.array([1.0])).result(timeout=5)
+    assert processor.get_stats()["current_batch_size"] == 64
+
+
+def test_base_exception_fails_batch_and_worker_lives(make_processor):
+    calls = []
+
+    def func(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise SystemExit("the function tried to exit")
+        return batch
+
+    processor = make_processor(func, max_retries=3)
+    with pytest.raises(SystemExit):
+        processor.enqueue_predict(np.array([1.0])).result(timeout=5)
+    assert processor.enqueue_predict(np.array([2.0])).result(timeout=5)[0] == 2.0
+    assert calls == [1, 1]  # BaseException is not retried
+
+
+@pytest.mark.parametrize("result, message", [
+    (lambda b: b[:-1], r"returned 2 results for a batch of 3 samples"),
+    (lambda b: 7, r"returned int, expected a sequence of 3 results"),
+])
+def test_wrong_result_fails_the_batch(make_processor, result, message):
+    processor = make_processor(result, max_batch_size=3, initial_batch_size=3, batch_timeout=1.0,
+                               processing_strategy="fixed")
+    futures = [processor.enqueue_predict(np.array([float(i)])) for i in range(3)]
+    for f in futures:
+        with pytest.raises(fastbatch.ResultMismatchError, match=message):
+            f.result(timeout=5)
+    # The worker survives and keeps going.
+    ok = make_processor(lambda b: b)
+    assert ok.enqueue_predict(np.array([1.0])).result(timeout=5)[0] == 1.0
+
+
+@pytest.mark.parametrize("item, error, message", [
+    (np.zeros(4), fastbatch.BatchShapeError, r"item has shape \(4,\) but the batch has shape \(10,\)"),
+    (np.zeros((2, 4)), fastbatch.BatchShapeError,
+     r"item has sample shape \(4,\) \(array shape \(2, 4\)\) but the batch has sample shape \(10,\)"),
+    (np.zeros(10, dtype=np.float32), fastbatch.BatchDtypeError,
+     r"item has dtype float32 but the batch has dtype float64"),
+    (np.array(3.0), ValueError, r"0-d array"),
+    (np.zeros((0, 10)), ValueError, r"mini-batch of 0 samples"),
+    (np.array([None] * 10, dtype=object), fastbatch.BatchDtypeError, r"dtype object"),
+    (None, TypeError, r"item is None"),
+    ("text", TypeError, r"batches numpy arrays .* got str"),
+])
+def test_bad_items_refused_at_enqueue_good_ones_unharmed(make_processor, item, error, message):
+    processor = make_processor(lambda b: b + 1, max_batch_size=8)
+    first = processor.enqueue_predict(np.zeros(10))
+    with pytest.raises(error, match=message):
+        processor.enqueue_predict(item)
+    with pytest.raises(error, match=message):
+        processor.enqueue(item)
+    after = processor.enqueue_predict(np.ones(10))
+    np.testing.assert_array_equal(first.result(timeout=5), np.ones(10))
+    np.testing.assert_array_equal(after.result(timeout=5), np.full(10, 2.0))
+
+
+def test_arrays_refused_by_a_processor_of_objects(make_processor):
+    processor = make_processor(lambda x: x)
+    assert processor.enqueue_predict({"a": 1}).result(timeout=5) == {"a": 1}
+    with pytest.raises(TypeError, match="non-array items"):
+        processor.enqueue_predict(np.zeros(3))
+
+
+def test_item_over_byte_budget_refused(make_processor):
+    processor = make_processor(lambda b: b, max_batch_memory_mb=0.001)
+    with pytest.raises(ValueError, match=r"item of 8000 bytes exceeds the batch byte budget"):
+        processor.enqueue_predict(np.zeros(1000))
+
+
+@pytest.mark.parametrize("timeout", [-1.0, float("nan")])
+def test_bad_timeouts_refused(make_processor, timeout):
+    processor = make_processor(lambda b: b)
+    with pytest.raises(ValueError):
+        processor.enqueue(np.zeros(2), timeout=timeout)
+    with pytest.raises(ValueError):
+        processor.stop(timeout=timeout)
+
+
+@pytest.mark.parametrize("priority", [5, -1, True, "HIGH", 1.0, None])
+def test_bad_priorities_refused(make_processor, priority):
+    processor = make_processor(lambda b: b)
+    with pytest.raises(ValueError, match="priority must be a BatchPriority"):
+        processor.enqueue_predict(np.zeros(2), priority=priority)
+
+
+def test_queue_full(make_processor, gate):
+    gate.hold()
+    processor = make_processor(gate, max_queue_size=2, max_batch_size=1, initial_batch_size=1,
+                               batch_timeout=0.0)
+    processor.enqueue_predict(np.zeros(1))
+    assert gate.entered.wait(5)
+    queued = [processor.enqueue_predict(np.zeros(1)) for _ in range(2)]
+    with pytest.raises(fastbatch.QueueFullError) as info:
+        processor.enqueue(np.zeros(1), timeout=0.05)
+    assert isinstance(info.value, queue.Full)
+    refused = processor.enqueue_predict(np.zeros(1), timeout=0)
+    with pytest.raises(fastbatch.QueueFullError):
+        refused.result(timeout=0)
+    assert processor.get_stats()["total_refused"] == 2
+    gate.release.set()
+    concurrent.futures.wait(queued, timeout=5)
+    assert all(f.exception() is None for f in queued)
+
+
+def test_queue_full_raises_when_configured(make_processor, gate):
+    gate.hold()
+    processor = make_processor(gate, max_queue_size=1, max_batch_size=1, initial_batch_size=1,
+                               batch_timeout=0.0, raise_on_queue_full=True)
+    processor.enqueue_predict(np.zeros(1))
+    assert gate.entered.wait(5)
+    processor.enqueue_predict(np.zeros(1))
+    with pytest.raises(fastbatch.QueueFullError):
+        processor.enqueue_predict(np.zeros(1), timeout=0)
+    gate.release.set()
+
+
+def test_blocked_producer_released_when_room_appears(make_processor, gate):
+    gate.hold()
+    processor = make_processor(gate, max_queue_size=1, max_batch_size=1, initial_batch_size=1,
+                               batch_timeout=0.0)
+    processor.enqueue_predict(np.zeros(1))
+    assert gate.entered.wait(5)
+    processor.enqueue_predict(np.zeros(1))  # fills the queue
+    result = []
+    producer = threading.Thread(target=lambda: result.append(processor.enqueue_predict(np.ones(1))))
+    producer.start()
+    gate.release.set()  # the worker drains, room appears, the producer gets in
+    producer.join(10)
+    assert not producer.is_alive()
+    assert result[0].result(timeout=5)[0] == 2.0
+
+
+def test_enqueue_before_start_refused(make_processor):
+    processor = make_processor()
+    with pytest.raises(fastbatch.ProcessorStoppedError, match="call start"):
+        processor.enqueue_predict(np.zeros(1))
+
+
+def test_stop_drains_the_queue(make_processor, gate):
+    gate.hold()
+    processor = make_processor(gate, max_batch_size=5, initial_batch_size=5, batch_timeout=0.0)
+    futures = [processor.enqueue_predict(np.array([float(i)])) for i in range(23)]
+    assert gate.entered.wait(5)
+    stopper = threading.Thread(target=processor.stop)
+    stopper.start()
+    assert _poll(lambda: processor.get_stats()["is_stopping"])
+    with pytest.raises(fastbatch.ProcessorStoppedError, match="accepts no more items"):
+        processor.enqueue(np.zeros(1))  # intake stops at once...
+    gate.release.set()  # ...but what was queued is processed
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert [f.result(timeout=0)[0] for f in futures] == [2.0 * i for i in range(23)]
+    assert processor.get_stats()["is_running"] is False
+
+
+def _poll(condition, timeout=5.0):
+    """Wait for a condition another thread makes true; False if it never does."""
+    event = threading.Event()
+    for _ in range(int(timeout / 0.001)):
+        if condition():
+            return True
+        event.wait(0.001)
+    return False
+
+
+def test_stop_timeout_fails_leftovers_and_running_batch(make_processor, gate):
+    gate.hold()
+    processor = make_processor(gate, max_batch_size=2, initial_batch_size=2, batch_timeout=0.0,
+                               processing_strategy="fixed")
+    futures = [processor.enqueue_predict(np.array([float(i)])) for i in range(7)]
+    assert gate.entered.wait(5)
+    processor.stop(timeout=0.05)  # the gate stays shut: nothing can finish in time
+    for f in futures:
+        with pytest.raises(fastbatch.ProcessorStoppedError, match="stopped"):
+            f.result(timeout=0)
+    gate.release.set()  # the abandoned batch returns; its futures stay failed
+    stats = processor.get_stats()
+    assert stats["is_running"] is False
+
+
+def test_stop_is_idempotent_and_safe_from_many_threads(make_processor):
+    processor = make_processor(lambda b: b, max_batch_size=4)
+    futures = [processor.enqueue_predict(np.zeros(1)) for _ in range(100)]
+    barrier = threading.Barrier(8)
+    errors = []
+
+    def stop():
+        barrier.wait()
+        try:
+            processor.stop(timeout=5)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stop) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert all(f.done() for f in futures)
+    processor.stop()
+    processor.stop(timeout=0)
+
+
+def test_stop_from_inside_the_batch_function(make_processor):
+    holder = {}
+
+    def func(batch):
+        holder["p"].stop()
+        return batch * 2
+
+    processor = make_processor(max_batch_size=1, initial_batch_size=1)
+    holder["p"] = processor
+    processor.start(func)
+    assert processor.enqueue_predict(np.array([3.0])).result(timeout=5)[0] == 6.0
+    processor.stop(timeout=5)  # waits for the worker-initiated stop to finish
+    assert processor.get_stats()["is_running"] is False
+    with pytest.raises(fastbatch.ProcessorStoppedError):
+        processor.enqueue(np.array([1.0]))
+
+
+def test_stop_from_a_done_callback(make_processor):
+    processor = make_processor(lambda b: b, max_batch_size=1, initial_batch_size=1)
+    future = processor.enqueue_predict(np.array([1.0]))
+    stopped = threading.Event()
+    future.add_done_callback(lambda f: (processor.stop(), stopped.set()))
+    assert stopped.wait(5)
+    processor.stop(timeout=5)
+    assert not processor.is_running
+
+
+def test_done_callback_that_raises_is_logged_and_worker_lives(make_processor, caplog):
+    processor = make_processor(lambda b: b)
+    future = processor.enqueue_predict(np.array([1.0]))
+    future.add_done_callback(lambda f: 1 / 0)
+    future.result(timeout=5)
+    assert processor.enqueue_predict(np.array([2.0])).result(timeout=5)[0] == 2.0
+
+
+def test_enqueue_errors_logged_when_no_future(make_processor, caplog):
+    done = threading.Event()
+
+    def func(batch):
+        done.set()
+        raise RuntimeError("boom without a future")
+
+    processor = make_processor(func, max_retries=0)
+    with caplog.at_level(logging.ERROR, logger="fastbatch"):
+        processor.enqueue(np.array([1.0]))
+        assert done.wait(5)
+        processor.stop(timeout=5)
+    assert "boom without a future" in caplog.text
+    assert processor.get_stats()["total_failed"] == 1
