@@ -53,6 +53,9 @@ class RequestQueue:
     @property
     def queued_bytes(self) -> int:
         """Sum of ``nbytes`` over the queued requests."""
+    @property
+    def total_puts(self) -> int:
+        """Requests accepted by ``put`` since the queue was created."""
     def __len__(self) -> int:
         """Number of queued requests."""
     def put(

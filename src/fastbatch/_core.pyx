@@ -626,6 +626,11 @@ cdef class RequestQueue:
         """Sum of ``nbytes`` over the queued requests."""
         return self._control(OP_READ).nbytes
 
+    @property
+    def total_puts(self):
+        """Requests accepted by ``put`` since the queue was created."""
+        return self._seq
+
     def __len__(self):
         """Number of queued requests."""
         return self._control(OP_READ).count

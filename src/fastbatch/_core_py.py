@@ -159,6 +159,11 @@ class RequestQueue:
         """Sum of ``nbytes`` over the queued requests."""
         return self._bytes
 
+    @property
+    def total_puts(self) -> int:
+        """Requests accepted by ``put`` since the queue was created."""
+        return self._seq
+
     def __len__(self) -> int:
         """Number of queued requests."""
         return len(self._queue)
@@ -205,9 +210,9 @@ class RequestQueue:
             record = (item, future, samples, nbytes, monotonic_ns())
             if self._prioritized:
                 _heappush(queue, (priority, self._seq, record))
-                self._seq += 1
             else:
                 queue.append(record)
+            self._seq += 1
             self._samples += samples
             self._bytes += nbytes
             if self._idle_waiters or self._lingerers:

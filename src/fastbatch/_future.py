@@ -1,27 +1,311 @@
-"""The future handed out by ``enqueue_predict``, and the helpers that resolve futures.
+"""``BatchFuture``, the future ``enqueue_predict`` hands out, and whole-batch transitions.
 
 ``BatchFuture`` is a ``concurrent.futures.Future``: ``wait``, ``as_completed`` and
-``asyncio.wrap_future`` work on it unchanged.
+``asyncio.wrap_future`` work on it unchanged. It is built for the batch hot path:
+
+- Creating one allocates little more than the object: the stdlib future builds a
+  ``Condition`` (an ``RLock``, lists) per future, which costs more than the rest of an
+  enqueue and keeps the cyclic GC busy. Ours creates its condition only when somebody
+  actually waits (``result()`` on an unfinished future, ``wait``, ``as_completed``).
+- State transitions happen under one module-wide lock, held once per *batch* by
+  ``start_batch`` / ``resolve_batch`` instead of once per future.
+
+Why the lazy condition is race-free: a waiter publishes its condition *before* it reads the
+state; a resolver writes the state *before* it looks for a condition. Whichever comes second
+sees the other's write: either the waiter finds the future finished, or the resolver
+finds the condition and notifies it (after the waiter has entered ``wait``, because the
+resolver must take the condition's lock).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures._base import (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING,
+                                      RUNNING)
 from typing import Any, Generic, TypeVar
 
 logger = logging.getLogger("fastbatch")
+_cf_logger = logging.getLogger("concurrent.futures")
 
 R = TypeVar("R")
+
+_LOCK = threading.Lock()  # every state transition of every BatchFuture; never held while waiting
+_DONE = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED))
+_CANCELLED = frozenset((CANCELLED, CANCELLED_AND_NOTIFIED))
+
+
+class _Failure:
+    """What ``_result`` holds for a failed future: one slot serves both outcomes."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException | None) -> None:
+        self.exc = exc
+
+
+class _Extras:
+    """The parts of a future that only waiters and callbacks need, made on first use."""
+
+    __slots__ = ("cond", "waiters", "callbacks")
+
+    def __init__(self) -> None:
+        self.cond: threading.Condition | None = None
+        self.waiters: list[Any] = []
+        self.callbacks: list[Callable[[Any], object]] = []
 
 
 class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-arg]
     """The pending result of one item: the rows of the batch result that belong to it."""
 
+    # Two slots written at creation, two per resolution: the worker resolves every future
+    # of a batch, and slot writes neither allocate nor hash.
+    __slots__ = ("_state", "_result", "_x")
+
+    def __init__(self) -> None:  # no super().__init__(): it builds the Condition we defer
+        self._state = PENDING
+        self._x: _Extras | None = None  # _result is written when the future finishes
+
+    # -- what the stdlib's wait() / as_completed() reach into ----------------------------
+
+    def _extras(self) -> _Extras:
+        x = self._x
+        if x is None:
+            with _LOCK:
+                x = self._x
+                if x is None:
+                    x = self._x = _Extras()
+        return x
+
+    @property
+    def _condition(self) -> threading.Condition:  # type: ignore[override]
+        x = self._extras()
+        cond = x.cond
+        if cond is None:
+            with _LOCK:
+                cond = x.cond
+                if cond is None:
+                    cond = x.cond = threading.Condition()
+        return cond
+
+    @property
+    def _waiters(self) -> list[Any]:  # type: ignore[override]
+        return self._extras().waiters
+
+    @property
+    def _exception(self) -> BaseException | None:  # type: ignore[override]
+        r = self._result if self._state == FINISHED else None
+        return r.exc if r.__class__ is _Failure else None
+
+    def _notify(self, event: str | None) -> None:
+        """Wake whoever waits on this future; ``event`` names the waiters' hook to call."""
+        x = self._x
+        if x is not None and x.cond is not None:
+            with x.cond:
+                if event is not None:
+                    for waiter in x.waiters:
+                        getattr(waiter, event)(self)
+                x.cond.notify_all()
+
+    def _invoke_callbacks(self) -> None:
+        x = self._x
+        if x is not None:
+            for callback in x.callbacks:
+                try:
+                    callback(self)
+                except Exception:
+                    _cf_logger.exception("exception calling callback for %r", self)
+
+    # -- the Future API ------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        state = self._state
+        if state == FINISHED:
+            r = self._result
+            if r.__class__ is _Failure:
+                return f"<{type(self).__name__} at {id(self):#x} state=finished raised {type(r.exc).__name__}>"
+            return f"<{type(self).__name__} at {id(self):#x} state=finished returned {type(r).__name__}>"
+        return f"<{type(self).__name__} at {id(self):#x} state={state.lower()}>"
+
+    def cancel(self) -> bool:
+        """Cancel the item if its batch has not started; True if it is (now) cancelled."""
+        with _LOCK:
+            state = self._state
+            if state in _CANCELLED:
+                return True
+            if state != PENDING:
+                return False
+            self._state = CANCELLED
+        self._notify(None)
+        self._invoke_callbacks()
+        return True
+
+    def cancelled(self) -> bool:
+        return self._state in _CANCELLED
+
+    def running(self) -> bool:
+        return self._state == RUNNING
+
+    def done(self) -> bool:
+        return self._state in _DONE
+
+    def set_running_or_notify_cancel(self) -> bool:
+        with _LOCK:
+            state = self._state
+            if state == PENDING:
+                self._state = RUNNING
+                return True
+            if state != CANCELLED:
+                raise RuntimeError(f"Future in unexpected state: {self!r}")
+            self._state = CANCELLED_AND_NOTIFIED
+        self._notify("add_cancelled")
+        return False
+
+    def _finish(self, result: Any, event: str) -> None:
+        with _LOCK:
+            if self._state in _DONE:
+                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
+            self._result = result
+            self._state = FINISHED
+        self._notify(event)
+        self._invoke_callbacks()
+
+    def set_result(self, result: Any) -> None:
+        self._finish(result, "add_result")
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        self._finish(_Failure(exception), "add_exception")
+
+    def _wait_done(self, timeout: float | None) -> None:
+        if self._state not in _DONE:
+            cond = self._condition
+            with cond:
+                if self._state not in _DONE:
+                    cond.wait(timeout)
+        state = self._state
+        if state in _CANCELLED:
+            raise concurrent.futures.CancelledError()
+        if state != FINISHED:
+            raise TimeoutError()
+
     def result(self, timeout: float | None = None) -> R:
         """Wait for and return the item's result (see ``concurrent.futures.Future``)."""
-        return super().result(timeout)  # type: ignore[no-any-return]
+        if self._state != FINISHED:
+            self._wait_done(timeout)
+        r = self._result
+        if r.__class__ is not _Failure:
+            return r  # type: ignore[no-any-return]
+        exc = r.exc
+        try:
+            raise exc
+        finally:
+            del exc, r  # no reference cycle through the traceback
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state != FINISHED:
+            self._wait_done(timeout)
+        return self._exception
+
+    def add_done_callback(self, fn: Callable[[Any], object]) -> None:
+        with _LOCK:
+            if self._state not in _DONE:
+                x = self._x
+                if x is None:
+                    x = self._x = _Extras()
+                x.callbacks.append(fn)
+                return
+        try:
+            fn(self)
+        except Exception:
+            _cf_logger.exception("exception calling callback for %r", self)
+
+
+# -- whole-batch transitions (the worker's hot path) ----------------------------------------
+
+def start_batch(futures: Sequence[Any]) -> list[int] | None:
+    """Mark a batch's futures running; returns the indices to keep, or None for all.
+
+    Cancelled futures are moved to "cancelled and notified" (what ``wait`` and
+    ``as_completed`` look for) and left out.
+    """
+    dropped: list[int] = []
+    with _LOCK:
+        for i, f in enumerate(futures):
+            if f is not None:
+                state = f._state
+                if state == PENDING:
+                    f._state = RUNNING
+                elif state == CANCELLED:
+                    f._state = CANCELLED_AND_NOTIFIED
+                    dropped.append(i)
+                else:  # finished already (failed by stop) or notified: nothing to run
+                    dropped.append(i)
+    if not dropped:
+        return None
+    for i in dropped:
+        if futures[i]._state == CANCELLED_AND_NOTIFIED:
+            futures[i]._notify("add_cancelled")
+    gone = set(dropped)
+    return [i for i in range(len(futures)) if i not in gone]
+
+
+def resolve_batch(futures: Sequence[Any], results: Sequence[Any]) -> int:
+    """Give each running future its result; returns how many were set.
+
+    A future that is finished already (failed by ``stop`` past its deadline) keeps its
+    state. Waiters and done-callbacks run after the lock is released; a callback that
+    raises ``BaseException`` is logged and the rest still run.
+    """
+    slow = []
+    n = 0
+    with _LOCK:
+        for f, r in zip(futures, results):
+            if f is not None and f._state == RUNNING:
+                f._result = r
+                f._state = FINISHED
+                n += 1
+                if f._x is not None:
+                    slow.append(f)
+    for f in slow:
+        try:
+            f._notify("add_result")
+            f._invoke_callbacks()
+        except BaseException:  # noqa: BLE001 - a user's callback; log and go on
+            logger.exception("fastbatch: a done-callback of %r raised", f)
+    return n
+
+
+def fail_futures(futures: Iterable[Any], exc: BaseException) -> int:
+    """Fail every unfinished future with ``exc``; returns how many were failed.
+
+    A cancelled future is moved to "cancelled and notified" instead.
+    """
+    slow = []
+    failed = 0
+    failure = _Failure(exc)
+    with _LOCK:
+        for f in futures:
+            if f is None:
+                continue
+            state = f._state
+            if state == PENDING or state == RUNNING:
+                f._result = failure
+                f._state = FINISHED
+                failed += 1
+                slow.append((f, "add_exception"))
+            elif state == CANCELLED:
+                f._state = CANCELLED_AND_NOTIFIED
+                slow.append((f, "add_cancelled"))
+    for f, event in slow:
+        try:
+            f._notify(event)
+            if event == "add_exception":
+                f._invoke_callbacks()
+        except BaseException:  # noqa: BLE001 - a user's callback; log and go on
+            logger.exception("fastbatch: a done-callback of %r raised", f)
+    return failed
 
 
 def add_note(exc: BaseException, note: str) -> None:
@@ -37,54 +321,3 @@ def add_note(exc: BaseException, note: str) -> None:
             except AttributeError:
                 return
         notes.append(note)
-
-
-def resolve_results(futures: Sequence[Any], results: Sequence[Any]) -> int:
-    """Set each future's result; returns how many futures were set.
-
-    A future may already be finished (failed by ``stop`` past its deadline): it is left
-    as it is. A done-callback that raises ``BaseException`` must not kill the worker or
-    leave the remaining futures pending, so the loop survives it.
-    """
-    n = len(futures)
-    i = 0
-    done = 0
-    while i < n:
-        try:
-            while i < n:
-                f = futures[i]
-                i += 1
-                if f is not None:
-                    f.set_result(results[i - 1])
-                    done += 1
-        except concurrent.futures.InvalidStateError:
-            continue
-        except BaseException:  # noqa: BLE001 - a user's callback; log and go on
-            logger.exception("fastbatch: a done-callback of %r raised", futures[i - 1])
-    return done
-
-
-def fail_futures(futures: Iterable[Any], exc: BaseException) -> int:
-    """Fail every unfinished future with ``exc``; returns how many were failed.
-
-    A cancelled future is moved to "cancelled and notified" instead, which is what
-    ``concurrent.futures.wait`` and ``as_completed`` look for.
-    """
-    failed = 0
-    for f in futures:
-        if f is None:
-            continue
-        try:
-            if not f.set_running_or_notify_cancel():
-                continue
-        except RuntimeError:
-            pass  # already running (taken by the worker) or finished
-        try:
-            f.set_exception(exc)
-            failed += 1
-        except concurrent.futures.InvalidStateError:
-            continue
-        except BaseException:  # noqa: BLE001 - a user's callback; log and go on
-            logger.exception("fastbatch: a done-callback of %r raised", f)
-            failed += 1
-    return failed

@@ -32,6 +32,8 @@ R = TypeVar("R")
 
 _IDLE, _RUNNING, _STOPPING, _STOPPED = "idle", "running", "stopping", "stopped"
 _ids = itertools.count(1)
+_ndarray = np.ndarray
+_NORMAL = BatchPriority.NORMAL
 # Accepts the enum members and their int values; bools are refused separately.
 _PRIORITIES = {int(p): int(p) for p in BatchPriority}
 # How long stop() still waits for a worker whose batch function overran the deadline.
@@ -75,7 +77,7 @@ class BatchProcessor(Generic[T, R]):
         self._max_bytes = config.max_batch_bytes
         self._reset_schema()
         self._count_lock = threading.Lock()
-        self._submitted = 0
+        self._submitted_before = 0  # accepted by the queues of earlier runs
         self._refused = 0
 
     def __repr__(self) -> str:
@@ -99,6 +101,8 @@ class BatchProcessor(Generic[T, R]):
             if self._state in (_RUNNING, _STOPPING):
                 raise RuntimeError(f"BatchProcessor {self.name!r} is already {self._state}")
             self._reset_schema()
+            if self._queue is not None:
+                self._submitted_before += self._queue.total_puts
             self._abort = threading.Event()
             self._stopped.clear()
             cfg = self.config
@@ -215,6 +219,18 @@ class BatchProcessor(Generic[T, R]):
             TypeError, ValueError, BatchShapeError, BatchDtypeError: a bad item, timeout
                 or priority (the message names the problem).
         """
+        # The hot path, inlined: a row like the ones before, default priority, running.
+        if (item.__class__ is _ndarray and priority is _NORMAL and item.shape == self._row_shape
+                and ((dtype := item.dtype) is self._dtype or dtype == self._dtype)
+                and (queue := self._queue) is not None):
+            try:
+                queue.put(item, None, 1, item.nbytes, 2, timeout)
+            except QueueClosedError:
+                raise self._stopped_error() from None
+            except QueueFullError:
+                self._count_refusal()
+                raise
+            return
         self._put(item, None, timeout, priority)
 
     def enqueue_predict(self, item: T, timeout: float | None = None,
@@ -230,7 +246,18 @@ class BatchProcessor(Generic[T, R]):
         """
         future: BatchFuture[R] = BatchFuture()
         try:
-            self._put(item, future, timeout, priority)
+            if (item.__class__ is _ndarray and priority is _NORMAL and item.shape == self._row_shape
+                    and ((dtype := item.dtype) is self._dtype or dtype == self._dtype)
+                    and (queue := self._queue) is not None):
+                try:
+                    queue.put(item, future, 1, item.nbytes, 2, timeout)
+                except QueueClosedError:
+                    raise self._stopped_error() from None
+                except QueueFullError:
+                    self._count_refusal()
+                    raise
+            else:
+                self._put(item, future, timeout, priority)
         except QueueFullError as exc:
             if self.config.raise_on_queue_full:
                 raise
@@ -238,29 +265,37 @@ class BatchProcessor(Generic[T, R]):
         return future
 
     def _put(self, item: Any, future: Any, timeout: float | None, priority: Any) -> None:
-        if item.__class__ is np.ndarray and item.shape == self._row_shape and item.dtype == self._dtype:
-            samples, nbytes = 1, item.nbytes  # the common case: a row like the ones before
+        """The general path of both enqueue methods: validate everything, then put."""
+        if item.__class__ is _ndarray and item.shape == self._row_shape and (
+                (dtype := item.dtype) is self._dtype or dtype == self._dtype):
+            samples, nbytes = 1, item.nbytes
         else:
             samples, nbytes = self._describe(item)
-        cls = priority.__class__
-        prio = _PRIORITIES.get(priority) if cls is BatchPriority or cls is int or (
-            cls is not bool and isinstance(priority, np.integer)) else None
-        if prio is None:
-            raise ValueError(f"priority must be a BatchPriority (0..4), not {priority!r}")
+        if priority is _NORMAL:
+            prio = 2
+        else:
+            cls = priority.__class__
+            prio = _PRIORITIES.get(priority) if cls is BatchPriority or cls is int or (
+                cls is not bool and isinstance(priority, np.integer)) else None
+            if prio is None:
+                raise ValueError(f"priority must be a BatchPriority (0..4), not {priority!r}")
         queue = self._queue
         if queue is None:
             raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running: call start() first")
         try:
             queue.put(item, future, samples, nbytes, prio, timeout)
-        except QueueFullError:
-            with self._count_lock:
-                self._refused += 1
-            raise
         except QueueClosedError:
-            raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is {self._state}: "
-                                        "it accepts no more items") from None
+            raise self._stopped_error() from None
+        except QueueFullError:
+            self._count_refusal()
+            raise
+
+    def _count_refusal(self) -> None:
         with self._count_lock:
-            self._submitted += 1
+            self._refused += 1
+
+    def _stopped_error(self) -> ProcessorStoppedError:
+        return ProcessorStoppedError(f"BatchProcessor {self.name!r} is {self._state}: it accepts no more items")
 
     def _reset_schema(self) -> None:
         # Fixed by the first item: the dtype and sample shape every later array must have,
@@ -337,8 +372,8 @@ class BatchProcessor(Generic[T, R]):
         """A snapshot of every statistic the seed lists, plus a few of ours (README)."""
         stats = self.stats.get_stats()
         queue, worker = self._queue, self._worker
-        with self._count_lock:
-            submitted, refused = self._submitted, self._refused
+        submitted = self._submitted_before + (queue.total_puts if queue is not None else 0)
+        refused = self._refused
         stats.update(
             current_batch_size=self.sizer.size,
             system_load=self.sizer.load,
@@ -361,3 +396,33 @@ class BatchProcessor(Generic[T, R]):
             return HealthSnapshot("stopped", (f"the processor is {self._state}",), math.nan, 0, 0.0,
                                   self.sizer.size)
         return monitor.check(act=False)
+
+    # -- asyncio --------------------------------------------------------------------------
+
+    async def enqueue_async(self, item: T, timeout: float | None = None,
+                            priority: BatchPriority | int = BatchPriority.NORMAL) -> R:
+        """Queue ``item`` and await its result without ever blocking the event loop.
+
+        A full queue is waited out with ``asyncio.sleep`` back-off, not a blocking put.
+        Cancelling the awaiting task cancels the item: it is skipped if its batch has not
+        started (and never queued if it was still waiting for room).
+
+        Args:
+            item: as for :meth:`enqueue`.
+            timeout: seconds to wait for room in a full queue; ``None`` waits, 0 does not.
+                For a deadline on the result, use ``asyncio.wait_for``.
+            priority: a ``BatchPriority``.
+
+        Returns:
+            The item's result (its rows of the batch result).
+
+        Raises:
+            QueueFullError: the queue stayed full for ``timeout`` seconds (whatever
+                ``raise_on_queue_full`` says: there is no future to hand back).
+            ProcessorStoppedError: the processor is not running, or stopped first.
+            TypeError, ValueError, BatchShapeError, BatchDtypeError: as for ``enqueue``.
+            BaseException: what the batch function raised for the item's batch.
+        """
+        from ._aio import enqueue_async  # asyncio is imported only by those who use it
+
+        return await enqueue_async(self, item, priority=priority, timeout=timeout)

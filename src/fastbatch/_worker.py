@@ -21,7 +21,7 @@ from . import _backend
 from ._adaptive import BatchSizer
 from ._config import BatchProcessorConfig
 from ._errors import ItemTimeoutError, ProcessorStoppedError, QueueClosedError, ResultMismatchError
-from ._future import add_note, fail_futures, resolve_results
+from ._future import add_note, fail_futures, resolve_batch, start_batch
 from ._stats import BatchStats
 
 logger = logging.getLogger("fastbatch")
@@ -104,22 +104,25 @@ class Worker:
 
     def _run_batch(self, items: list[Any], futures: list[Any], enqueue_ns: np.ndarray,
                    start_ns: int, queue_length: int) -> None:
-        # Cancelled futures leave before the batch is formed.
-        keep = [i for i, f in enumerate(futures) if f is None or f.set_running_or_notify_cancel()]
-        if len(keep) < len(futures):
-            self.stats.total_cancelled += len(futures) - len(keep)
-            if not keep:
-                return
-            items = [items[i] for i in keep]
-            futures = [futures[i] for i in keep]
-            enqueue_ns = enqueue_ns[keep]
-        self.inflight = tuple(futures)
+        # Items from enqueue() carry no future: such a batch needs no result split.
+        with_futures = futures.count(None) != len(futures)
+        if with_futures:
+            # Cancelled futures leave before the batch is formed.
+            keep = start_batch(futures)
+            if keep is not None:
+                self.stats.total_cancelled += len(futures) - len(keep)
+                if not keep:
+                    return
+                items = [items[i] for i in keep]
+                futures = [futures[i] for i in keep]
+                enqueue_ns = enqueue_ns[keep]
+            self.inflight = tuple(futures)
         self.batch_started_ns = start_ns
         samples = len(items)
         failed = 0
         try:
             if isinstance(items[0], np.ndarray):
-                results, samples = self._array_batch(items)
+                results, samples = self._array_batch(items, with_futures)
             elif self.config.batch_generic_items:
                 results = self._list_batch(items)
             else:
@@ -133,7 +136,7 @@ class Worker:
                 self.sizer.shrink()
         else:
             if results is not None:
-                resolve_results(futures, results)
+                resolve_batch(futures, results)
         finally:
             self.batch_started_ns = 0
             self.inflight = ()
@@ -149,24 +152,19 @@ class Worker:
 
     # -- the three kinds of batch ---------------------------------------------------------
 
-    def _array_batch(self, items: list[np.ndarray]) -> tuple[list[Any], int]:
+    def _array_batch(self, items: list[np.ndarray], split: bool) -> tuple[list[Any] | None, int]:
         batch = self.assembler.assemble(items)
         samples = len(batch)
         result = self._call_with_retries(batch, samples)
         del batch  # our reference must not keep the assembler from reusing its buffer
-        return self.assembler.split(result), samples
+        if split:
+            return self.assembler.split(result), samples
+        _check_length(result, samples)
+        return None, samples
 
     def _list_batch(self, items: list[Any]) -> list[Any]:
         result = self._call_with_retries(items, len(items))
-        try:
-            n = len(result)
-        except TypeError:
-            raise ResultMismatchError(
-                f"the batch function returned {type(result).__name__}, "
-                f"expected a sequence of {len(items)} results") from None
-        if n != len(items):
-            raise ResultMismatchError(
-                f"the batch function returned {n} results for a batch of {len(items)} samples")
+        _check_length(result, len(items))
         return list(result)
 
     def _itemwise_batch(self, items: list[Any], futures: list[Any]) -> tuple[None, int]:
@@ -193,7 +191,7 @@ class Worker:
                 else:
                     fail_futures((future,), exc)
             elif future is not None:
-                resolve_results((future,), (outcome,))
+                resolve_batch((future,), (outcome,))
         return None, failed
 
     def _call_with_retries(self, arg: Any, samples: int) -> Any:
@@ -213,3 +211,14 @@ class Worker:
                 if cfg.retry_delay and self.abort.wait(cfg.retry_delay):
                     add_note(exc, "fastbatch: retries abandoned because the processor stopped")
                     raise
+
+
+def _check_length(result: Any, samples: int) -> None:
+    """The result must have one entry per sample (``BatchAssembler.split``'s rule)."""
+    try:
+        n = len(result)
+    except TypeError:
+        raise ResultMismatchError(f"the batch function returned {type(result).__name__}, "
+                                  f"expected a sequence of {samples} results") from None
+    if n != samples:
+        raise ResultMismatchError(f"the batch function returned {n} results for a batch of {samples} samples")
