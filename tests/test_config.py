@@ -81,6 +81,10 @@ BAD = [
     (dict(enable_priority_queue=1), TypeError, "enable_priority_queue=1: must be a bool"),
     (dict(debug_mode="yes"), TypeError, "debug_mode='yes': must be a bool"),
     (dict(stuck_batch_timeout=0), ValueError, "stuck_batch_timeout=0"),
+    (dict(default_deadline=0), ValueError, "default_deadline=0: must be > 0"),
+    (dict(default_deadline="soon"), TypeError, "default_deadline='soon': must be a number"),
+    (dict(isolation_budget=-1), ValueError, "isolation_budget=-1: must be >= 0"),
+    (dict(isolate_failures=None), TypeError, "isolate_failures=None: must be a bool"),
 ]
 
 

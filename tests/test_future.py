@@ -107,9 +107,9 @@ def test_start_batch_skips_cancelled_and_finished():
     futures = [BatchFuture(), None, BatchFuture(), BatchFuture()]
     futures[2].cancel()
     futures[3].set_exception(RuntimeError("failed by stop"))
-    assert start_batch(futures) == [0, 1]
+    assert start_batch(futures) == ([0, 1], 1, 1)  # keep, cancelled, finished while queued
     assert futures[0].running() and futures[2]._state == "CANCELLED_AND_NOTIFIED"
-    assert start_batch([BatchFuture(), None]) is None
+    assert start_batch([BatchFuture(), None]) == (None, 0, 0)
 
 
 def test_resolve_batch_leaves_finished_futures_alone():
@@ -168,7 +168,7 @@ def test_cancel_races_start_batch():
         futures = [BatchFuture() for _ in range(200)]
         canceller = threading.Thread(target=lambda: [f.cancel() for f in futures[::-1]])
         canceller.start()
-        keep = start_batch(futures)
+        keep, _, _ = start_batch(futures)
         canceller.join()
         kept = range(200) if keep is None else keep
         resolve_batch([futures[i] for i in kept], [i for i in kept])

@@ -117,6 +117,13 @@ class BatchProcessorConfig:
     """``enqueue_predict`` raises ``QueueFullError`` instead of returning a failed future."""
     stuck_batch_timeout: float = 60.0
     """A batch running longer than this is reported as stuck by the health monitor."""
+    default_deadline: float | None = None
+    """Seconds an item may wait in the queue when ``enqueue`` is given no ``deadline``."""
+    isolate_failures: bool = True
+    """A batch that still fails after its retries is split in halves, recursively, so
+    that a poisonous item fails alone and its neighbours succeed."""
+    isolation_budget: int = 64
+    """Extra calls of the batch function that isolating one failed batch may make."""
 
     def __post_init__(self) -> None:
         if isinstance(self.processing_strategy, str):
@@ -147,6 +154,8 @@ class BatchProcessorConfig:
         for name in ("health_check_interval", "stuck_batch_timeout"):
             _check_float(name, getattr(self, name), positive=True)
         _check_float("item_timeout", self.item_timeout, positive=True, allow_none=True)
+        _check_float("default_deadline", self.default_deadline, positive=True, allow_none=True)
+        _check_int("isolation_budget", self.isolation_budget, 0)
         _check_float("max_batch_memory_mb", self.max_batch_memory_mb, positive=True, allow_none=True)
         for name in ("memory_warning_threshold", "memory_critical_threshold"):
             value = getattr(self, name)
@@ -165,7 +174,7 @@ class BatchProcessorConfig:
         for name in ("enable_priority_queue", "enable_monitoring", "enable_health_monitoring",
                      "enable_memory_optimization", "enable_adaptive_batching",
                      "reduce_batch_on_failure", "debug_mode", "batch_generic_items",
-                     "raise_on_queue_full"):
+                     "raise_on_queue_full", "isolate_failures"):
             _check_bool(name, getattr(self, name))
 
     @property

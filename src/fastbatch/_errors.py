@@ -44,3 +44,7 @@ class ResultMismatchError(FastBatchError, ValueError):
 
 class ItemTimeoutError(FastBatchError, TimeoutError):
     """An item ran out of time (``item_timeout`` for non-array items)."""
+
+
+class ItemExpiredError(ItemTimeoutError):
+    """An item's deadline passed while it was still queued; it never reached the function."""

@@ -224,31 +224,39 @@ class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-a
 
 # -- whole-batch transitions (the worker's hot path) ----------------------------------------
 
-def start_batch(futures: Sequence[Any]) -> list[int] | None:
-    """Mark a batch's futures running; returns the indices to keep, or None for all.
+def start_batch(futures: Sequence[Any]) -> tuple[list[int] | None, int, int]:
+    """Mark a batch's futures running: ``(indices to keep or None for all, cancelled, done)``.
 
     Cancelled futures are moved to "cancelled and notified" (what ``wait`` and
-    ``as_completed`` look for) and left out.
+    ``as_completed`` look for) and left out, as are futures finished while queued (an
+    expired deadline): ``done`` counts those.
     """
     dropped: list[int] = []
+    cancelled = 0
     with _LOCK:
         for i, f in enumerate(futures):
             if f is not None:
                 state = f._state
                 if state == PENDING:
                     f._state = RUNNING
-                elif state == CANCELLED:
-                    f._state = CANCELLED_AND_NOTIFIED
-                    dropped.append(i)
-                else:  # finished already (failed by stop) or notified: nothing to run
+                else:
+                    if state == CANCELLED:
+                        f._state = CANCELLED_AND_NOTIFIED
+                        cancelled += 1
                     dropped.append(i)
     if not dropped:
-        return None
+        return None, 0, 0
     for i in dropped:
         if futures[i]._state == CANCELLED_AND_NOTIFIED:
             futures[i]._notify("add_cancelled")
     gone = set(dropped)
-    return [i for i in range(len(futures)) if i not in gone]
+    return [i for i in range(len(futures)) if i not in gone], cancelled, len(dropped) - cancelled
+
+
+def expire_pending(futures: Iterable[Any], exc: BaseException) -> int:
+    """Fail the futures that are still queued (not running, not done) with ``exc``."""
+    failed = [f for f in futures if f._state == PENDING]
+    return fail_futures(failed, exc, only_pending=True)
 
 
 def resolve_batch(futures: Sequence[Any], results: Sequence[Any]) -> int:
@@ -277,10 +285,11 @@ def resolve_batch(futures: Sequence[Any], results: Sequence[Any]) -> int:
     return n
 
 
-def fail_futures(futures: Iterable[Any], exc: BaseException) -> int:
+def fail_futures(futures: Iterable[Any], exc: BaseException, only_pending: bool = False) -> int:
     """Fail every unfinished future with ``exc``; returns how many were failed.
 
-    A cancelled future is moved to "cancelled and notified" instead.
+    A cancelled future is moved to "cancelled and notified" instead. With
+    ``only_pending``, running futures are left alone.
     """
     slow = []
     failed = 0
@@ -290,12 +299,12 @@ def fail_futures(futures: Iterable[Any], exc: BaseException) -> int:
             if f is None:
                 continue
             state = f._state
-            if state == PENDING or state == RUNNING:
+            if state == PENDING or (state == RUNNING and not only_pending):
                 f._result = failure
                 f._state = FINISHED
                 failed += 1
                 slow.append((f, "add_exception"))
-            elif state == CANCELLED:
+            elif state == CANCELLED and not only_pending:
                 f._state = CANCELLED_AND_NOTIFIED
                 slow.append((f, "add_cancelled"))
     for f, event in slow:

@@ -21,6 +21,7 @@ from ._config import BatchPriority, BatchProcessorConfig
 from ._errors import (BatchDtypeError, BatchShapeError, ProcessorStoppedError, QueueClosedError,
                       QueueFullError)
 from ._future import BatchFuture, fail_futures
+from ._deadlines import DeadlineReaper
 from ._health import HealthMonitor, HealthSnapshot
 from ._stats import BatchStats
 from ._worker import Worker
@@ -74,6 +75,9 @@ class BatchProcessor(Generic[T, R]):
         self._worker: Worker | None = None
         self._monitor: HealthMonitor | None = None
         self._abort = threading.Event()
+        self._reaper: DeadlineReaper | None = None
+        self._expired_before = 0  # expired in earlier runs
+        self._default_deadline = config.default_deadline
         self._max_bytes = config.max_batch_bytes
         self._reset_schema()
         self._count_lock = threading.Lock()
@@ -103,6 +107,8 @@ class BatchProcessor(Generic[T, R]):
             self._reset_schema()
             if self._queue is not None:
                 self._submitted_before += self._queue.total_puts
+            if self._reaper is not None:
+                self._expired_before += self._reaper.expired
             self._abort = threading.Event()
             self._stopped.clear()
             cfg = self.config
@@ -113,6 +119,7 @@ class BatchProcessor(Generic[T, R]):
             worker.on_exit = self._worker_exited
             monitor = HealthMonitor(self.name, cfg, self.sizer, queue.__len__,
                                     lambda: worker.batch_started_ns)
+            self._reaper = DeadlineReaper(self.name)
             self._queue, self._worker, self._monitor = queue, worker, monitor
             self._state = _RUNNING
             worker.thread.start()
@@ -152,8 +159,7 @@ class BatchProcessor(Generic[T, R]):
             error = ProcessorStoppedError(
                 f"BatchProcessor {self.name!r} stopped (timeout={timeout}s) before this item was processed")
             _, futures, _ = queue.drain()
-            fail_futures(futures, error)
-            self.stats.record_error(len(futures))
+            worker.fail_leftovers(futures, str(error))
             fail_futures(worker.inflight, error)
             worker.thread.join(_ABANDON_GRACE_S)
             if worker.thread.is_alive():
@@ -170,6 +176,8 @@ class BatchProcessor(Generic[T, R]):
         monitor = self._monitor
         if monitor is not None:
             monitor.stop()
+        if self._reaper is not None:
+            self._reaper.stop()
         with self._lock:
             if self._state == _STOPPING:
                 self._state = _STOPPED
@@ -203,7 +211,7 @@ class BatchProcessor(Generic[T, R]):
     # -- intake ---------------------------------------------------------------------------
 
     def enqueue(self, item: T, timeout: float | None = None,
-                priority: BatchPriority | int = BatchPriority.NORMAL) -> None:
+                priority: BatchPriority | int = BatchPriority.NORMAL, deadline: float | None = None) -> None:
         """Queue ``item`` for processing without a future (errors are logged and counted).
 
         Args:
@@ -212,6 +220,9 @@ class BatchProcessor(Generic[T, R]):
             timeout: seconds to wait for room in a full queue; ``None`` waits as long as
                 it takes, 0 not at all.
             priority: a ``BatchPriority`` (lower goes first when priorities are enabled).
+            deadline: seconds the item may wait in the queue (default: the config's
+                ``default_deadline``); past it the item is dropped before its batch forms
+                and, from ``enqueue_predict``, its future fails with ``ItemExpiredError``.
 
         Raises:
             QueueFullError: the queue stayed full for ``timeout`` seconds.
@@ -220,7 +231,8 @@ class BatchProcessor(Generic[T, R]):
                 or priority (the message names the problem).
         """
         # The hot path, inlined: a row like the ones before, default priority, running.
-        if (item.__class__ is _ndarray and priority is _NORMAL and item.shape == self._row_shape
+        if (item.__class__ is _ndarray and priority is _NORMAL and deadline is None
+                and self._default_deadline is None and item.shape == self._row_shape
                 and ((dtype := item.dtype) is self._dtype or dtype == self._dtype)
                 and (queue := self._queue) is not None):
             try:
@@ -231,10 +243,11 @@ class BatchProcessor(Generic[T, R]):
                 self._count_refusal()
                 raise
             return
-        self._put(item, None, timeout, priority)
+        self._put(item, None, timeout, priority, deadline)
 
     def enqueue_predict(self, item: T, timeout: float | None = None,
-                        priority: BatchPriority | int = BatchPriority.NORMAL) -> BatchFuture[R]:
+                        priority: BatchPriority | int = BatchPriority.NORMAL,
+                        deadline: float | None = None) -> BatchFuture[R]:
         """Queue ``item`` and return a future of its result (its rows of the batch result).
 
         Arguments as for :meth:`enqueue`. A full queue gives a future failed with
@@ -246,7 +259,8 @@ class BatchProcessor(Generic[T, R]):
         """
         future: BatchFuture[R] = BatchFuture()
         try:
-            if (item.__class__ is _ndarray and priority is _NORMAL and item.shape == self._row_shape
+            if (item.__class__ is _ndarray and priority is _NORMAL and deadline is None
+                    and self._default_deadline is None and item.shape == self._row_shape
                     and ((dtype := item.dtype) is self._dtype or dtype == self._dtype)
                     and (queue := self._queue) is not None):
                 try:
@@ -257,15 +271,22 @@ class BatchProcessor(Generic[T, R]):
                     self._count_refusal()
                     raise
             else:
-                self._put(item, future, timeout, priority)
+                self._put(item, future, timeout, priority, deadline)
         except QueueFullError as exc:
             if self.config.raise_on_queue_full:
                 raise
             future.set_exception(exc)
         return future
 
-    def _put(self, item: Any, future: Any, timeout: float | None, priority: Any) -> None:
+    def _put(self, item: Any, future: Any, timeout: float | None, priority: Any,
+             deadline: float | None = None) -> None:
         """The general path of both enqueue methods: validate everything, then put."""
+        if deadline is None:
+            deadline = self._default_deadline
+        elif isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < math.inf:
+            raise ValueError(f"deadline must be None or a number of seconds > 0, not {deadline!r}")
+        if deadline is not None and future is None:
+            future = BatchFuture()  # expiry is tracked through a future, even for enqueue()
         if item.__class__ is _ndarray and item.shape == self._row_shape and (
                 (dtype := item.dtype) is self._dtype or dtype == self._dtype):
             samples, nbytes = 1, item.nbytes
@@ -289,6 +310,10 @@ class BatchProcessor(Generic[T, R]):
         except QueueFullError:
             self._count_refusal()
             raise
+        if deadline is not None:
+            reaper = self._reaper
+            if reaper is not None:
+                reaper.add(future, deadline)
 
     def _count_refusal(self) -> None:
         with self._count_lock:
@@ -374,16 +399,22 @@ class BatchProcessor(Generic[T, R]):
         queue, worker = self._queue, self._worker
         submitted = self._submitted_before + (queue.total_puts if queue is not None else 0)
         refused = self._refused
+        reaper = self._reaper
+        expired = self._expired_before + (reaper.expired if reaper is not None else 0)
+        # Expired items stay in the queue until the worker drops them: count them once.
+        queued = len(queue) if queue is not None and self._state != _STOPPED else 0
+        queued = max(0, queued - max(0, expired - self.stats.expired_dropped))
         stats.update(
             current_batch_size=self.sizer.size,
             system_load=self.sizer.load,
             active_batches=1 if worker is not None and worker.batch_started_ns else 0,
-            queue_size=len(queue) if queue is not None and self._state != _STOPPED else 0,
+            queue_size=queued,
             is_paused=self._paused,
             is_stopping=self._state == _STOPPING,
             is_running=self._state == _RUNNING,
             total_submitted=submitted,
             total_refused=refused,
+            total_expired=expired,
             arrival_rate=self.sizer.arrival_rate,
             core=_backend.NAME,
         )

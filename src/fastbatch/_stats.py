@@ -64,6 +64,7 @@ class BatchStats:
         # Written from any thread (record_error from user code, refusals by producers).
         self._lock = threading.Lock()
         self._external_errors = 0
+        self.expired_dropped = 0  # expired items taken out of the queue (never run)
 
     def record_batch(
         self,
@@ -119,6 +120,12 @@ class BatchStats:
         """Seed API: count ``count`` failed items (thread-safe)."""
         with self._lock:
             self._external_errors += count
+
+    def record_dropped(self, count: int) -> None:
+        """Count expired items taken out of the queue without running (thread-safe)."""
+        if count:
+            with self._lock:
+                self.expired_dropped += count
 
     def get_stats(self) -> dict[str, Any]:
         """Snapshot of the window statistics and counters as a plain dict."""

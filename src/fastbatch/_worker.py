@@ -69,8 +69,7 @@ class Worker:
         finally:
             self.queue.close()
             _, futures, _ = self.queue.drain()
-            fail_futures(futures, ProcessorStoppedError(
-                f"BatchProcessor {self.name!r} stopped before this item was processed"))
+            self.fail_leftovers(futures, f"BatchProcessor {self.name!r} stopped before this item was processed")
             if self._executor is not None:
                 # A call stuck past item_timeout keeps its thread until it returns; we
                 # cannot kill it, so then we do not wait for it either.
@@ -97,20 +96,27 @@ class Worker:
             items, futures, enqueue_ns = got
             start_ns = last_start_ns = _backend.monotonic_ns()
             if self.abort.is_set():
-                fail_futures(futures, ProcessorStoppedError(
-                    f"BatchProcessor {self.name!r} stopped before this item was processed"))
+                self.fail_leftovers(futures, f"BatchProcessor {self.name!r} stopped before this item was processed")
                 break
             self._run_batch(items, futures, enqueue_ns, start_ns, len(queue))
+
+    def fail_leftovers(self, futures: list[Any], message: str) -> None:
+        """Fail items that will never run (thread-safe), keeping the counts honest."""
+        done = sum(1 for f in futures if f is not None and f.done())  # expired while queued
+        failed = fail_futures(futures, ProcessorStoppedError(message))
+        self.stats.record_error(failed + futures.count(None))
+        self.stats.record_dropped(done)
 
     def _run_batch(self, items: list[Any], futures: list[Any], enqueue_ns: np.ndarray,
                    start_ns: int, queue_length: int) -> None:
         # Items from enqueue() carry no future: such a batch needs no result split.
         with_futures = futures.count(None) != len(futures)
         if with_futures:
-            # Cancelled futures leave before the batch is formed.
-            keep = start_batch(futures)
+            # Cancelled and expired items leave before the batch is formed.
+            keep, cancelled, done = start_batch(futures)
             if keep is not None:
-                self.stats.total_cancelled += len(futures) - len(keep)
+                self.stats.total_cancelled += cancelled
+                self.stats.record_dropped(done)
                 if not keep:
                     return
                 items = [items[i] for i in keep]
@@ -122,24 +128,26 @@ class Worker:
         failed = 0
         try:
             if isinstance(items[0], np.ndarray):
-                results, samples = self._array_batch(items, with_futures)
+                results, errors, samples = self._array_batch(items, with_futures)
             elif self.config.batch_generic_items:
-                results = self._list_batch(items)
+                results, errors = self._list_batch(items)
             else:
-                results, failed = self._itemwise_batch(items, futures)
+                results, errors = self._itemwise_batch(items)
         except BaseException as exc:  # noqa: BLE001 - the user's function: fail the batch
-            failed = len(items)
-            if fail_futures(futures, exc) < failed:
-                # Items from enqueue() have no future: the log is the only place to report.
-                logger.error("fastbatch: a batch of %d items failed: %r", failed, exc)
-            if self.config.reduce_batch_on_failure:
-                self.sizer.shrink()
-        else:
-            if results is not None:
-                resolve_batch(futures, results)
+            results, errors = None, dict.fromkeys(range(len(items)), exc)
         finally:
             self.batch_started_ns = 0
-            self.inflight = ()
+        if errors:
+            failed = len(errors)
+            self._fail_items(futures, errors)
+            if self.config.reduce_batch_on_failure:
+                self.sizer.shrink()
+        if results is not None and with_futures:
+            if errors:
+                futures = [f for i, f in enumerate(futures) if i not in errors]
+                results = [r for i, r in enumerate(results) if i not in errors]
+            resolve_batch(futures, results)
+        self.inflight = ()
         end_ns = _backend.monotonic_ns()
         self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=samples, items=len(items),
                                 failed=failed, queue_length=queue_length, enqueue_ns=enqueue_ns)
@@ -150,49 +158,114 @@ class Worker:
                 self._batches_since_gc = 0
                 gc.collect(0)
 
+    def _fail_items(self, futures: list[Any], errors: dict[int, BaseException]) -> None:
+        by_exc: dict[int, tuple[BaseException, list[Any]]] = {}
+        for i, exc in errors.items():
+            by_exc.setdefault(id(exc), (exc, []))[1].append(futures[i])
+        for exc, fs in by_exc.values():
+            if fail_futures(fs, exc) < len(fs):
+                # Items from enqueue() have no future: the log is the only place to report.
+                logger.error("fastbatch %s: %d item(s) failed: %r", self.name, len(fs), exc)
+
     # -- the three kinds of batch ---------------------------------------------------------
+    # Each returns (results or None, {item index: exception} for the items that failed).
 
-    def _array_batch(self, items: list[np.ndarray], split: bool) -> tuple[list[Any] | None, int]:
-        batch = self.assembler.assemble(items)
-        samples = len(batch)
-        result = self._call_with_retries(batch, samples)
-        del batch  # our reference must not keep the assembler from reusing its buffer
-        if split:
-            return self.assembler.split(result), samples
-        _check_length(result, samples)
-        return None, samples
+    def _array_batch(self, items: list[np.ndarray], split: bool
+                     ) -> tuple[list[Any] | None, dict[int, BaseException], int]:
+        assembler = self.assembler
+        total = [len(items)]  # samples of the whole batch, known once it is assembled
 
-    def _list_batch(self, items: list[Any]) -> list[Any]:
-        result = self._call_with_retries(items, len(items))
-        _check_length(result, len(items))
-        return list(result)
+        def run(lo: int, hi: int) -> list[Any] | None:
+            whole = hi - lo == len(items)
+            batch = assembler.assemble(items if whole else items[lo:hi])
+            n = len(batch)
+            if whole:
+                total[0] = n
+            result = self._call_with_retries(batch, n) if whole else self.func(batch)
+            del batch  # our reference must not keep the assembler from reusing its buffer
+            if split:
+                return assembler.split(result)
+            _check_length(result, n)
+            return None
 
-    def _itemwise_batch(self, items: list[Any], futures: list[Any]) -> tuple[None, int]:
+        results, errors = self._run_isolated(run, len(items))
+        return results, errors, total[0]
+
+    def _list_batch(self, items: list[Any]) -> tuple[list[Any], dict[int, BaseException]]:
+        def run(lo: int, hi: int) -> list[Any]:
+            part = items if hi - lo == len(items) else items[lo:hi]
+            result = self._call_with_retries(part, len(part)) if part is items else self.func(part)
+            _check_length(result, len(part))
+            return list(result)
+
+        results, errors = self._run_isolated(run, len(items))
+        return results if results is not None else [None] * len(items), errors
+
+    def _run_isolated(self, run: Callable[[int, int], list[Any] | None], n: int
+                      ) -> tuple[list[Any] | None, dict[int, BaseException]]:
+        """``run(0, n)`` (with retries); if it still fails, bisect to find the culprits.
+
+        Each half of a failing range gets one call; a half that fails is split again,
+        down to single items, within ``isolation_budget`` extra calls. One poisonous item
+        in a batch of n costs about 2*log2(n) extra calls, about 2n samples of extra work.
+        """
+        try:
+            whole = run(0, n)
+            return whole, {}
+        except ResultMismatchError as exc:
+            return None, dict.fromkeys(range(n), exc)  # the function's bug, not an item's
+        except Exception as exc:  # noqa: BLE001 - isolate below
+            first = exc
+        cfg = self.config
+        if not cfg.isolate_failures or n == 1 or cfg.isolation_budget < 2:
+            return None, dict.fromkeys(range(n), first)
+        results: list[Any] = [None] * n
+        errors: dict[int, BaseException] = {}
+        budget = cfg.isolation_budget
+        failing = [(0, n, first)]
+        while failing:
+            lo, hi, exc = failing.pop()
+            if hi - lo == 1 or budget < 2 or self.abort.is_set():
+                if hi - lo < n:
+                    add_note(exc, f"fastbatch: failure isolation narrowed this failure down to "
+                                  f"{hi - lo} of the batch's {n} items")
+                errors.update(dict.fromkeys(range(lo, hi), exc))
+                continue
+            mid = (lo + hi) // 2
+            for a, b in ((lo, mid), (mid, hi)):
+                budget -= 1
+                try:
+                    part = run(a, b)
+                except Exception as sub:  # noqa: BLE001 - narrowed further
+                    self.stats.batch_errors += 1
+                    failing.append((a, b, sub))
+                else:
+                    if part is not None:
+                        results[a:b] = part
+        return results, errors
+
+    def _itemwise_batch(self, items: list[Any]) -> tuple[list[Any], dict[int, BaseException]]:
         """Seed behaviour for non-array items: one call each on ``max_workers`` threads."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 self.config.max_workers, thread_name_prefix=f"fastbatch-item-{self.name}")
         calls = [self._executor.submit(self._call_with_retries, item, 1) for item in items]
         concurrent.futures.wait(calls, timeout=self.config.item_timeout)
-        failed = 0
-        for call, future in zip(calls, futures):
+        results: list[Any] = [None] * len(items)
+        errors: dict[int, BaseException] = {}
+        for i, call in enumerate(calls):
             if call.done():
                 exc = call.exception()
-                outcome = call.result() if exc is None else None
+                if exc is None:
+                    results[i] = call.result()
+                else:
+                    errors[i] = exc
             else:
                 if not call.cancel():
                     self._overran = True
-                exc = ItemTimeoutError(
+                errors[i] = ItemTimeoutError(
                     f"the batch function took longer than item_timeout={self.config.item_timeout}s")
-            if exc is not None:
-                failed += 1
-                if future is None:
-                    logger.error("fastbatch: item failed: %r", exc)
-                else:
-                    fail_futures((future,), exc)
-            elif future is not None:
-                resolve_batch((future,), (outcome,))
-        return None, failed
+        return results, errors
 
     def _call_with_retries(self, arg: Any, samples: int) -> Any:
         cfg = self.config

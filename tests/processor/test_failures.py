@@ -39,7 +39,7 @@ def test_retries_then_success(make_processor):
 def test_retries_exhausted_fail_with_original_error(make_processor):
     func = Flaky(100)
     processor = make_processor(func, max_retries=2, max_batch_size=4, initial_batch_size=4,
-                               batch_timeout=1.0, processing_strategy="fixed")
+                               batch_timeout=1.0, processing_strategy="fixed", isolate_failures=False)
     futures = [processor.enqueue_predict(np.array([float(i)])) for i in range(4)]
     for f in futures:
         with pytest.raises(ArithmeticError, match="attempt 3 failed") as info:
@@ -332,3 +332,106 @@ def test_enqueue_errors_logged_when_no_future(make_processor, caplog):
         processor.stop(timeout=5)
     assert "boom without a future" in caplog.text
     assert processor.get_stats()["total_failed"] == 1
+
+
+def test_failure_isolation_fails_only_the_poisonous_item(make_processor, gate):
+    calls = []
+
+    def func(batch):
+        calls.append(len(batch))
+        if (batch[:, 0] == 13).any():
+            raise ZeroDivisionError("poison")
+        return batch * 2
+
+    gate.func = func
+    gate.hold()
+    processor = make_processor(gate, max_retries=1, max_batch_size=32, initial_batch_size=32,
+                               batch_timeout=5.0, processing_strategy="fixed")
+    futures = [processor.enqueue_predict(np.array([float(i)])) for i in range(32)]
+    gate.release.set()
+    concurrent.futures.wait(futures, timeout=10)
+    for i, f in enumerate(futures):
+        if i == 13:
+            with pytest.raises(ZeroDivisionError, match="poison") as info:
+                f.result()
+            assert any("narrowed this failure down to 1 of the batch's 32" in n for n in info.value.__notes__)
+        else:
+            assert f.result()[0] == 2.0 * i
+    # 2 attempts of the whole batch, then 2 calls per level of the bisection.
+    assert calls[:2] == [32, 32] and len(calls) == 2 + 2 * 5
+    stats = processor.get_stats()
+    assert stats["total_failed"] == 1 and stats["total_processed"] == 31
+
+
+def test_failure_isolation_respects_its_budget(make_processor):
+    calls = []
+
+    def func(batch):
+        calls.append(len(batch))
+        raise ValueError("everything fails")
+
+    processor = make_processor(func, max_retries=0, max_batch_size=16, initial_batch_size=16,
+                               batch_timeout=5.0, processing_strategy="fixed", isolation_budget=4)
+    futures = [processor.enqueue_predict(np.array([float(i)])) for i in range(16)]
+    concurrent.futures.wait(futures, timeout=10)
+    assert all(isinstance(f.exception(), ValueError) for f in futures)
+    assert len(calls) == 1 + 4
+
+
+def test_failure_isolation_for_generic_lists(make_processor):
+    def func(items):
+        if "bad" in items:
+            raise KeyError("bad item")
+        return [s.upper() for s in items]
+
+    processor = make_processor(func, batch_generic_items=True, max_batch_size=8, initial_batch_size=8,
+                               batch_timeout=5.0, processing_strategy="fixed", max_retries=0)
+    words = ["a", "b", "bad", "c", "d", "e", "f", "g"]
+    futures = [processor.enqueue_predict(w) for w in words]
+    concurrent.futures.wait(futures, timeout=10)
+    assert [f.exception() is not None for f in futures] == [w == "bad" for w in words]
+    assert futures[0].result() == "A"
+
+
+def test_deadline_expires_queued_items_promptly(make_processor, gate):
+    gate.hold()
+    processor = make_processor(gate, max_batch_size=1, initial_batch_size=1, batch_timeout=0.0)
+    blocker = processor.enqueue_predict(np.array([0.0]))
+    assert gate.entered.wait(5)  # the worker is held for as long as the test likes
+    t0 = fastbatch._backend.monotonic_ns()
+    late = processor.enqueue_predict(np.array([1.0]), deadline=0.05)
+    kept = processor.enqueue_predict(np.array([2.0]), deadline=30)
+    with pytest.raises(fastbatch.ItemExpiredError, match="deadline of 0.05s") as info:
+        late.result(timeout=5)  # fails while the worker is still held: promptly
+    assert isinstance(info.value, TimeoutError) and isinstance(info.value, fastbatch.ItemTimeoutError)
+    assert (fastbatch._backend.monotonic_ns() - t0) / 1e9 < 2
+    stats = processor.get_stats()
+    assert stats["total_expired"] == 1 and stats["queue_size"] == 1  # only `kept` is waiting
+    gate.release.set()
+    assert kept.result(timeout=5)[0] == 4.0 and blocker.result(timeout=5)[0] == 0.0
+    assert [b[0, 0] for b in gate.batches] == [0.0, 2.0]  # the expired item never ran
+    stats = processor.get_stats()
+    assert stats["total_submitted"] == stats["total_processed"] + stats["total_expired"]
+
+
+def test_default_deadline_and_enqueue_without_future(make_processor, gate):
+    gate.hold()
+    processor = make_processor(gate, max_batch_size=1, initial_batch_size=1, batch_timeout=0.0,
+                               default_deadline=0.02)
+    processor.enqueue(np.array([0.0]), deadline=30)
+    assert gate.entered.wait(5)
+    doomed = processor.enqueue_predict(np.array([1.0]))
+    processor.enqueue(np.array([2.0]))
+    with pytest.raises(fastbatch.ItemExpiredError):
+        doomed.result(timeout=5)
+    assert _poll(lambda: processor.get_stats()["total_expired"] == 2)
+    gate.release.set()
+    processor.stop(timeout=5)
+    assert [b[0, 0] for b in gate.batches] == [0.0]
+
+
+@pytest.mark.parametrize("deadline", [0, -1.0, float("nan"), float("inf"), "1", True])
+def test_bad_deadlines_refused(make_processor, deadline):
+    processor = make_processor(lambda b: b)
+    with pytest.raises(ValueError, match="deadline must be None or a number of seconds > 0"):
+        processor.enqueue_predict(np.zeros(1), deadline=deadline)
