@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import TYPE_CHECKING
 
 __all__ = ["NAME", "BatchAssembler", "RequestQueue", "StatsWindow", "monotonic_ns"]
 
 NAME: str
 
-if os.environ.get("FASTBATCH_NO_EXTENSIONS", "") not in ("", "0"):
+if TYPE_CHECKING:  # both cores follow _core.pyi; type-check against it
+    from ._core import BatchAssembler, RequestQueue, StatsWindow, monotonic_ns
+
+    NAME = "compiled"
+elif os.environ.get("FASTBATCH_NO_EXTENSIONS", "") not in ("", "0"):
     from ._core_py import BatchAssembler, RequestQueue, StatsWindow, monotonic_ns
 
     NAME = "python"

@@ -65,7 +65,7 @@ def _int64(name: str, value: Any) -> int:
             raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
     if not _INT64_MIN <= value <= _INT64_MAX:
         raise OverflowError(f"{name} is out of range: {value}")
-    return value
+    return int(value)
 
 
 def _seconds(name: str, value: Any) -> float:
@@ -423,7 +423,7 @@ def _buffer_refs(owner: Any) -> int:
     return sys.getrefcount(owner._buf)
 
 
-_probe = _Probe()
+_probe: Any = _Probe()
 _probe._buf = np.empty(0, dtype=np.uint8)
 _SOLE_OWNER_REFS = _buffer_refs(_probe)
 del _probe

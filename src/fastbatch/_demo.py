@@ -36,7 +36,8 @@ class MLP:
     def __call__(self, x: np.ndarray) -> np.ndarray:
         h = np.maximum(x @ self.w1, 0.0)
         h = np.maximum(h @ self.w2, 0.0)
-        return h @ self.w3
+        out: np.ndarray = h @ self.w3
+        return out
 
 
 def _seed_example(out: Callable[[str], None]) -> None:
@@ -51,7 +52,7 @@ def _seed_example(out: Callable[[str], None]) -> None:
     )
     rng = np.random.default_rng(1)
     items = [rng.random(10) for _ in range(1000)]
-    with BatchProcessor(config, name="seed-example") as processor:
+    with BatchProcessor[np.ndarray, np.ndarray](config, name="seed-example") as processor:
         processor.start(lambda batch: batch * 2)
         futures = [processor.enqueue_predict(item) for item in items]
         wrong = sum(not np.array_equal(f.result(timeout=30), item * 2) for f, item in zip(futures, items))
@@ -75,7 +76,7 @@ def _unbatched(model: MLP, inputs: np.ndarray) -> tuple[float, np.ndarray, np.nd
     return time.perf_counter() - t0, latencies * 1e3, outputs
 
 
-def _batched(processor: BatchProcessor, inputs: np.ndarray, producers: int) -> tuple[float, list[Any]]:
+def _batched(processor: BatchProcessor[np.ndarray, np.ndarray], inputs: np.ndarray, producers: int) -> tuple[float, list[Any]]:
     """``producers`` clients, each with up to 64 requests in flight, send their share."""
     n = len(inputs)
     outputs: list[Any] = [None] * n
@@ -110,7 +111,7 @@ def _model_demo(out: Callable[[str], None], n_items: int, producers: int) -> flo
     wall_single, lat_single, got_single = _unbatched(model, inputs)
     config = BatchProcessorConfig(initial_batch_size=128, min_batch_size=16, max_batch_size=256,
                                   max_queue_size=10_000, batch_timeout=0.002)
-    with BatchProcessor(config, name="mlp") as processor:
+    with BatchProcessor[np.ndarray, np.ndarray](config, name="mlp") as processor:
         processor.start(model)
         wall_batched, got_batched = _batched(processor, inputs, producers)
         stats = processor.get_stats()

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures._base import (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING,
                                       RUNNING)
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 logger = logging.getLogger("fastbatch")
 _cf_logger = logging.getLogger("concurrent.futures")
@@ -196,8 +196,8 @@ class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-a
             self._wait_done(timeout)
         r = self._result
         if r.__class__ is not _Failure:
-            return r  # type: ignore[no-any-return]
-        exc = r.exc
+            return cast(R, r)
+        exc = cast(BaseException, r.exc)
         try:
             raise exc
         finally:
@@ -326,7 +326,7 @@ def add_note(exc: BaseException, note: str) -> None:
         if not isinstance(notes, list):
             notes = []
             try:
-                exc.__notes__ = notes  # type: ignore[attr-defined]
+                exc.__notes__ = notes
             except AttributeError:
                 return
         notes.append(note)

@@ -30,6 +30,7 @@ logger = logging.getLogger("fastbatch")
 
 T = TypeVar("T")
 R = TypeVar("R")
+_P = TypeVar("_P", bound="BatchProcessor[Any, Any]")
 
 _IDLE, _RUNNING, _STOPPING, _STOPPED = "idle", "running", "stopping", "stopped"
 _ids = itertools.count(1)
@@ -197,7 +198,7 @@ class BatchProcessor(Generic[T, R]):
             if self._queue is not None:
                 self._queue.resume()
 
-    def __enter__(self) -> BatchProcessor[T, R]:
+    def __enter__(self: _P) -> _P:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -231,12 +232,13 @@ class BatchProcessor(Generic[T, R]):
                 or priority (the message names the problem).
         """
         # The hot path, inlined: a row like the ones before, default priority, running.
-        if (item.__class__ is _ndarray and priority is _NORMAL and deadline is None
-                and self._default_deadline is None and item.shape == self._row_shape
-                and ((dtype := item.dtype) is self._dtype or dtype == self._dtype)
+        it: Any = item
+        if (it.__class__ is _ndarray and priority is _NORMAL and deadline is None
+                and self._default_deadline is None and it.shape == self._row_shape
+                and ((dtype := it.dtype) is self._dtype or dtype == self._dtype)
                 and (queue := self._queue) is not None):
             try:
-                queue.put(item, None, 1, item.nbytes, 2, timeout)
+                queue.put(item, None, 1, it.nbytes, 2, timeout)
             except QueueClosedError:
                 raise self._stopped_error() from None
             except QueueFullError:
@@ -259,12 +261,13 @@ class BatchProcessor(Generic[T, R]):
         """
         future: BatchFuture[R] = BatchFuture()
         try:
-            if (item.__class__ is _ndarray and priority is _NORMAL and deadline is None
-                    and self._default_deadline is None and item.shape == self._row_shape
-                    and ((dtype := item.dtype) is self._dtype or dtype == self._dtype)
+            it: Any = item
+            if (it.__class__ is _ndarray and priority is _NORMAL and deadline is None
+                    and self._default_deadline is None and it.shape == self._row_shape
+                    and ((dtype := it.dtype) is self._dtype or dtype == self._dtype)
                     and (queue := self._queue) is not None):
                 try:
-                    queue.put(item, future, 1, item.nbytes, 2, timeout)
+                    queue.put(item, future, 1, it.nbytes, 2, timeout)
                 except QueueClosedError:
                     raise self._stopped_error() from None
                 except QueueFullError:
@@ -292,6 +295,7 @@ class BatchProcessor(Generic[T, R]):
             samples, nbytes = 1, item.nbytes
         else:
             samples, nbytes = self._describe(item)
+        prio: int | None
         if priority is _NORMAL:
             prio = 2
         else:

@@ -215,7 +215,7 @@ class Worker:
         except ResultMismatchError as exc:
             return None, dict.fromkeys(range(n), exc)  # the function's bug, not an item's
         except Exception as exc:  # noqa: BLE001 - isolate below
-            first = exc
+            first: BaseException = exc
         cfg = self.config
         if not cfg.isolate_failures or n == 1 or cfg.isolation_budget < 2:
             return None, dict.fromkeys(range(n), first)
@@ -224,12 +224,12 @@ class Worker:
         budget = cfg.isolation_budget
         failing = [(0, n, first)]
         while failing:
-            lo, hi, exc = failing.pop()
+            lo, hi, error = failing.pop()
             if hi - lo == 1 or budget < 2 or self.abort.is_set():
                 if hi - lo < n:
-                    add_note(exc, f"fastbatch: failure isolation narrowed this failure down to "
-                                  f"{hi - lo} of the batch's {n} items")
-                errors.update(dict.fromkeys(range(lo, hi), exc))
+                    add_note(error, f"fastbatch: failure isolation narrowed this failure down to "
+                                    f"{hi - lo} of the batch's {n} items")
+                errors.update(dict.fromkeys(range(lo, hi), error))
                 continue
             mid = (lo + hi) // 2
             for a, b in ((lo, mid), (mid, hi)):
