@@ -99,15 +99,38 @@ class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-a
         r = self._result if self._state == FINISHED else None
         return r.exc if r.__class__ is _Failure else None
 
-    def _notify(self, event: str | None) -> None:
-        """Wake whoever waits on this future; ``event`` names the waiters' hook to call."""
+    def _cond_or_none(self) -> threading.Condition | None:
         x = self._x
-        if x is not None and x.cond is not None:
-            with x.cond:
-                if event is not None:
-                    for waiter in x.waiters:
-                        getattr(waiter, event)(self)
-                x.cond.notify_all()
+        return None if x is None else x.cond
+
+    def _change(self, apply: Callable[[BatchFuture[Any]], str | None]) -> str | None:
+        """Run the state change ``apply`` under the locks it needs; wake the waiters.
+
+        ``apply`` runs under ``_LOCK`` and returns the waiters' hook to call ("add_result"
+        ...), "" for a change with no hook, or None for no change. The stdlib's ``wait``
+        and ``as_completed`` read the state while holding the future's condition and rely
+        on it not changing under them, so once a condition exists the change is made
+        while holding it too (lock order: condition, then ``_LOCK``). A condition is only
+        ever created under ``_LOCK``, so "none exists" stays true while we hold ``_LOCK``.
+        """
+        while True:
+            cond = self._cond_or_none()
+            if cond is None:
+                with _LOCK:
+                    if self._cond_or_none() is None:
+                        return apply(self)
+                continue  # a condition appeared meanwhile: take the slow path
+            with cond:
+                with _LOCK:
+                    event = apply(self)
+                if event is not None and event != "run":  # starting to run wakes nobody
+                    x = self._x
+                    assert x is not None
+                    if event.startswith("add_"):
+                        for waiter in x.waiters:
+                            getattr(waiter, event)(self)
+                    cond.notify_all()
+                return event
 
     def _invoke_callbacks(self) -> None:
         x = self._x
@@ -131,16 +154,10 @@ class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-a
 
     def cancel(self) -> bool:
         """Cancel the item if its batch has not started; True if it is (now) cancelled."""
-        with _LOCK:
-            state = self._state
-            if state in _CANCELLED:
-                return True
-            if state != PENDING:
-                return False
-            self._state = CANCELLED
-        self._notify(None)
-        self._invoke_callbacks()
-        return True
+        outcome: list[bool] = []
+        if self._change(lambda f: _apply_cancel(f, outcome)) is not None:
+            self._invoke_callbacks()
+        return outcome[0]
 
     def cancelled(self) -> bool:
         return self._state in _CANCELLED
@@ -152,24 +169,14 @@ class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-a
         return self._state in _DONE
 
     def set_running_or_notify_cancel(self) -> bool:
-        with _LOCK:
-            state = self._state
-            if state == PENDING:
-                self._state = RUNNING
-                return True
-            if state != CANCELLED:
-                raise RuntimeError(f"Future in unexpected state: {self!r}")
-            self._state = CANCELLED_AND_NOTIFIED
-        self._notify("add_cancelled")
-        return False
+        event = self._change(_apply_start)
+        if event is None:
+            raise RuntimeError(f"Future in unexpected state: {self!r}")
+        return event == "run"
 
     def _finish(self, result: Any, event: str) -> None:
-        with _LOCK:
-            if self._state in _DONE:
-                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
-            self._result = result
-            self._state = FINISHED
-        self._notify(event)
+        if self._change(lambda f: _apply_finish(f, result, event)) is None:
+            raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
         self._invoke_callbacks()
 
     def set_result(self, result: Any) -> None:
@@ -182,13 +189,13 @@ class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-a
         if self._state not in _DONE:
             cond = self._condition
             with cond:
-                if self._state not in _DONE:
-                    cond.wait(timeout)
+                cond.wait_for(self.done, timeout)
         state = self._state
         if state in _CANCELLED:
             raise concurrent.futures.CancelledError()
         if state != FINISHED:
-            raise TimeoutError()
+            # The stdlib's class: on 3.10 it is not yet the builtin TimeoutError.
+            raise concurrent.futures.TimeoutError()
 
     def result(self, timeout: float | None = None) -> R:
         """Wait for and return the item's result (see ``concurrent.futures.Future``)."""
@@ -222,6 +229,35 @@ class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-a
             _cf_logger.exception("exception calling callback for %r", self)
 
 
+def _apply_cancel(f: BatchFuture[Any], outcome: list[bool]) -> str | None:
+    state = f._state
+    if state == PENDING:
+        f._state = CANCELLED
+        outcome.append(True)
+        return ""
+    outcome.append(state in _CANCELLED)
+    return None
+
+
+def _apply_start(f: BatchFuture[Any]) -> str | None:
+    state = f._state
+    if state == PENDING:
+        f._state = RUNNING
+        return "run"  # not a waiter hook: waiters are woken, nothing is reported
+    if state == CANCELLED:
+        f._state = CANCELLED_AND_NOTIFIED
+        return "add_cancelled"
+    return None
+
+
+def _apply_finish(f: BatchFuture[Any], result: Any, event: str) -> str | None:
+    if f._state in _DONE:
+        return None
+    f._result = result
+    f._state = FINISHED
+    return event
+
+
 # -- whole-batch transitions (the worker's hot path) ----------------------------------------
 
 def start_batch(futures: Sequence[Any]) -> tuple[list[int] | None, int, int]:
@@ -229,91 +265,113 @@ def start_batch(futures: Sequence[Any]) -> tuple[list[int] | None, int, int]:
 
     Cancelled futures are moved to "cancelled and notified" (what ``wait`` and
     ``as_completed`` look for) and left out, as are futures finished while queued (an
-    expired deadline): ``done`` counts those.
+    expired deadline): ``done`` counts those. One ``_LOCK`` for the batch; futures that
+    somebody waits on (they have a condition) change state under it, one by one.
     """
     dropped: list[int] = []
-    cancelled = 0
+    watched: list[int] = []
     with _LOCK:
         for i, f in enumerate(futures):
             if f is not None:
-                state = f._state
-                if state == PENDING:
+                x = f._x
+                if x is not None and x.cond is not None:
+                    watched.append(i)
+                elif f._state == PENDING:
                     f._state = RUNNING
                 else:
-                    if state == CANCELLED:
+                    if f._state == CANCELLED:
                         f._state = CANCELLED_AND_NOTIFIED
-                        cancelled += 1
                     dropped.append(i)
+    for i in watched:
+        if futures[i]._change(_apply_start) != "run":
+            dropped.append(i)
     if not dropped:
         return None, 0, 0
-    for i in dropped:
-        if futures[i]._state == CANCELLED_AND_NOTIFIED:
-            futures[i]._notify("add_cancelled")
+    cancelled = sum(1 for i in dropped if futures[i]._state == CANCELLED_AND_NOTIFIED)
     gone = set(dropped)
     return [i for i in range(len(futures)) if i not in gone], cancelled, len(dropped) - cancelled
 
 
 def expire_pending(futures: Iterable[Any], exc: BaseException) -> int:
     """Fail the futures that are still queued (not running, not done) with ``exc``."""
-    failed = [f for f in futures if f._state == PENDING]
-    return fail_futures(failed, exc, only_pending=True)
+    return fail_futures(futures, exc, only_pending=True)
+
+
+def _apply_resolve(f: BatchFuture[Any], result: Any) -> str | None:
+    if f._state != RUNNING:
+        return None  # finished already (failed by stop past its deadline)
+    f._result = result
+    f._state = FINISHED
+    return "add_result"
 
 
 def resolve_batch(futures: Sequence[Any], results: Sequence[Any]) -> int:
     """Give each running future its result; returns how many were set.
 
     A future that is finished already (failed by ``stop`` past its deadline) keeps its
-    state. Waiters and done-callbacks run after the lock is released; a callback that
+    state. Waiters and done-callbacks run after ``_LOCK`` is released; a callback that
     raises ``BaseException`` is logged and the rest still run.
     """
-    slow = []
+    callbacks: list[Any] = []
+    watched: list[tuple[Any, Any]] = []
     n = 0
     with _LOCK:
         for f, r in zip(futures, results):
             if f is not None and f._state == RUNNING:
-                f._result = r
-                f._state = FINISHED
-                n += 1
-                if f._x is not None:
-                    slow.append(f)
-    for f in slow:
+                x = f._x
+                if x is None:
+                    f._result = r
+                    f._state = FINISHED
+                    n += 1
+                elif x.cond is not None:
+                    watched.append((f, r))
+                else:
+                    f._result = r
+                    f._state = FINISHED
+                    n += 1
+                    callbacks.append(f)
+    for f, r in watched:
+        if f._change(lambda g, r=r: _apply_resolve(g, r)) is not None:
+            n += 1
+            callbacks.append(f)
+    for f in callbacks:
         try:
-            f._notify("add_result")
             f._invoke_callbacks()
         except BaseException:  # noqa: BLE001 - a user's callback; log and go on
             logger.exception("fastbatch: a done-callback of %r raised", f)
     return n
 
 
+def _apply_fail(f: BatchFuture[Any], failure: _Failure, only_pending: bool) -> str | None:
+    state = f._state
+    if state == PENDING or (state == RUNNING and not only_pending):
+        f._result = failure
+        f._state = FINISHED
+        return "add_exception"
+    if state == CANCELLED and not only_pending:
+        f._state = CANCELLED_AND_NOTIFIED
+        return "add_cancelled"
+    return None
+
+
 def fail_futures(futures: Iterable[Any], exc: BaseException, only_pending: bool = False) -> int:
     """Fail every unfinished future with ``exc``; returns how many were failed.
 
     A cancelled future is moved to "cancelled and notified" instead. With
-    ``only_pending``, running futures are left alone.
+    ``only_pending``, running and cancelled futures are left alone.
     """
-    slow = []
-    failed = 0
     failure = _Failure(exc)
-    with _LOCK:
-        for f in futures:
-            if f is None:
-                continue
-            state = f._state
-            if state == PENDING or (state == RUNNING and not only_pending):
-                f._result = failure
-                f._state = FINISHED
-                failed += 1
-                slow.append((f, "add_exception"))
-            elif state == CANCELLED and not only_pending:
-                f._state = CANCELLED_AND_NOTIFIED
-                slow.append((f, "add_cancelled"))
-    for f, event in slow:
-        try:
-            f._notify(event)
-            if event == "add_exception":
+    failed = 0
+    for f in futures:
+        if f is None:
+            continue
+        event = f._change(lambda g: _apply_fail(g, failure, only_pending))
+        if event == "add_exception":
+            failed += 1
+            try:
                 f._invoke_callbacks()
-        except BaseException:  # noqa: BLE001 - a user's callback; log and go on
-            logger.exception("fastbatch: a done-callback of %r raised", f)
+            except BaseException:  # noqa: BLE001 - a user's callback; log and go on
+                logger.exception("fastbatch: a done-callback of %r raised", f)
     return failed
 
 

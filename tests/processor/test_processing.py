@@ -305,3 +305,15 @@ def test_generic_item_timeout(make_processor):
         slow_f.result(timeout=5)
     release.set()
     assert processor.enqueue_predict("fast").result(timeout=5) == "fast"
+
+
+def test_wait_returns_only_when_every_future_is_done(make_processor):
+    """Regression: a future finishing while wait() scanned its set made wait() return early."""
+    processor = make_processor(lambda b: b * 2, max_batch_size=200, initial_batch_size=200,
+                               max_queue_size=0, processing_strategy="fixed")
+    rows = list(np.random.default_rng(3).random((2000, 4)))
+    for _ in range(100):
+        futures = [processor.enqueue_predict(r) for r in rows]
+        done, not_done = concurrent.futures.wait(futures, timeout=30)
+        assert not not_done and all(f.done() for f in futures)
+        assert len(list(concurrent.futures.as_completed(futures, timeout=30))) == len(futures)
