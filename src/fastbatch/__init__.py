@@ -6,6 +6,7 @@ and hands each future its rows of the result.
 """
 
 from ._config import BatchPriority, BatchProcessingStrategy, BatchProcessorConfig
+from ._decorator import batch
 from ._errors import (
     BatchDtypeError,
     BatchShapeError,
@@ -42,4 +43,5 @@ __all__ = [
     "QueueFullError",
     "ResultMismatchError",
     "__version__",
+    "batch",
 ]

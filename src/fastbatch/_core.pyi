@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from typing_extensions import disjoint_base
+
+__all__ = ["BatchAssembler", "RequestQueue", "StatsWindow", "monotonic_ns"]
 import numpy.typing as npt
 
 def monotonic_ns() -> int:
@@ -17,6 +20,7 @@ def monotonic_ns() -> int:
     Compare core timestamps only with this function, never with another clock.
     """
 
+@disjoint_base
 class RequestQueue:
     """Bounded multi-producer queue of requests, FIFO or by priority.
 
@@ -111,6 +115,7 @@ class RequestQueue:
         Queued requests stay and can still be taken or drained.
         """
 
+@disjoint_base
 class BatchAssembler:
     """Copies the items of a batch into one reused, C-contiguous array.
 
@@ -161,6 +166,7 @@ class BatchAssembler:
                 "the batch function returned int, expected a sequence of 10 results").
         """
 
+@disjoint_base
 class StatsWindow:
     """A fixed-size ring of float64 values: the last ``capacity`` values recorded.
 

@@ -435,7 +435,8 @@ class BatchProcessor(Generic[T, R]):
     # -- asyncio --------------------------------------------------------------------------
 
     async def enqueue_async(self, item: T, timeout: float | None = None,
-                            priority: BatchPriority | int = BatchPriority.NORMAL) -> R:
+                            priority: BatchPriority | int = BatchPriority.NORMAL,
+                            deadline: float | None = None) -> R:
         """Queue ``item`` and await its result without ever blocking the event loop.
 
         A full queue is waited out with ``asyncio.sleep`` back-off, not a blocking put.
@@ -445,8 +446,10 @@ class BatchProcessor(Generic[T, R]):
         Args:
             item: as for :meth:`enqueue`.
             timeout: seconds to wait for room in a full queue; ``None`` waits, 0 does not.
-                For a deadline on the result, use ``asyncio.wait_for``.
+                To bound the whole wait, use ``asyncio.wait_for``.
             priority: a ``BatchPriority``.
+            deadline: seconds the item may wait in the queue once queued, as for
+                :meth:`enqueue` (``ItemExpiredError`` past it).
 
         Returns:
             The item's result (its rows of the batch result).
@@ -460,4 +463,4 @@ class BatchProcessor(Generic[T, R]):
         """
         from ._aio import enqueue_async  # asyncio is imported only by those who use it
 
-        return await enqueue_async(self, item, priority=priority, timeout=timeout)
+        return await enqueue_async(self, item, priority=priority, timeout=timeout, deadline=deadline)

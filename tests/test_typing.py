@@ -1,0 +1,49 @@
+"""The installed package type-checks under mypy --strict, and the stubs match the core."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastbatch
+
+pytest.importorskip("mypy", reason="mypy comes with the test extra: pip install '.[test]'")
+
+PACKAGE = Path(fastbatch.__file__).parent
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MYPY_CACHE_DIR": os.devnull}
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env=env)
+
+
+def test_mypy_strict_on_the_package():
+    out = _run("mypy", "--strict", "--no-incremental", "-p", "fastbatch", cwd=PACKAGE.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_stubs_match_the_compiled_core():
+    pytest.importorskip("fastbatch._core")
+    out = _run("mypy.stubtest", "fastbatch._core", cwd=PACKAGE.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_generic_parameters_type_enqueue_predict(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text(
+        "import numpy as np\n"
+        "from fastbatch import BatchProcessor\n"
+        "p = BatchProcessor[np.ndarray, float]()\n"
+        "f = p.enqueue_predict(np.zeros(3))\n"
+        "reveal_type(f.result())\n"
+        "p.enqueue_predict('not an array')\n"
+    )
+    out = _run("mypy", "--strict", "--no-incremental", str(sample), cwd=PACKAGE.parent)
+    assert re.search(r'Revealed type is "(builtins\.)?float"', out.stdout), out.stdout
+    assert 'incompatible type "str"; expected "ndarray' in out.stdout, out.stdout
