@@ -19,18 +19,21 @@ PACKAGE = Path(fastbatch.__file__).parent
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "MYPY_CACHE_DIR": os.devnull}
+    if PACKAGE.parent.name != "site-packages":
+        env["MYPYPATH"] = env["PYTHONPATH"] = str(PACKAGE.parent)  # a source checkout
+    # Never from site-packages itself: mypy would take its modules for our own files.
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300,
                           cwd=cwd, env=env)
 
 
-def test_mypy_strict_on_the_package():
-    out = _run("mypy", "--strict", "--no-incremental", "-p", "fastbatch", cwd=PACKAGE.parent)
+def test_mypy_strict_on_the_package(tmp_path):
+    out = _run("mypy", "--strict", "--no-incremental", "-p", "fastbatch", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_stubs_match_the_compiled_core():
+def test_stubs_match_the_compiled_core(tmp_path):
     pytest.importorskip("fastbatch._core")
-    out = _run("mypy.stubtest", "fastbatch._core", cwd=PACKAGE.parent)
+    out = _run("mypy.stubtest", "fastbatch._core", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -44,6 +47,6 @@ def test_generic_parameters_type_enqueue_predict(tmp_path):
         "reveal_type(f.result())\n"
         "p.enqueue_predict('not an array')\n"
     )
-    out = _run("mypy", "--strict", "--no-incremental", str(sample), cwd=PACKAGE.parent)
+    out = _run("mypy", "--strict", "--no-incremental", str(sample), cwd=tmp_path)
     assert re.search(r'Revealed type is "(builtins\.)?float"', out.stdout), out.stdout
     assert 'incompatible type "str"; expected "ndarray' in out.stdout, out.stdout

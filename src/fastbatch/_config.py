@@ -43,11 +43,20 @@ def _fail(exc: type[Exception], name: str, value: Any, rule: str) -> None:
     raise exc(f"BatchProcessorConfig.{name}={value!r}: {rule}")
 
 
+# Upper bounds keep every value inside what the core's int64 counters and the stdlib's
+# timed waits (threading.TIMEOUT_MAX, about 292 years) can represent.
+_MAX_COUNT = 2**40
+_MAX_SECONDS = 1e9
+_MAX_MB = 2.0**30
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         _fail(TypeError, name, value, "must be an int")
     if value < minimum:
         _fail(ValueError, name, value, f"must be >= {minimum}")
+    if value > _MAX_COUNT:
+        _fail(ValueError, name, value, f"must be <= 2**40 ({_MAX_COUNT})")
 
 
 def _check_float(name: str, value: Any, *, positive: bool = False, allow_none: bool = False) -> None:
@@ -61,6 +70,9 @@ def _check_float(name: str, value: Any, *, positive: bool = False, allow_none: b
         _fail(ValueError, name, value, "must be > 0")
     if value < 0:
         _fail(ValueError, name, value, "must be >= 0")
+    limit = _MAX_MB if name == "max_batch_memory_mb" else _MAX_SECONDS
+    if value > limit:
+        _fail(ValueError, name, value, f"must be <= {limit:g}")
 
 
 def _check_bool(name: str, value: Any) -> None:

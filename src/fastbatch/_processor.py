@@ -284,17 +284,17 @@ class BatchProcessor(Generic[T, R]):
     def _put(self, item: Any, future: Any, timeout: float | None, priority: Any,
              deadline: float | None = None) -> None:
         """The general path of both enqueue methods: validate everything, then put."""
+        # Arguments first: a call refused for them must not fix the processor's schema.
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout >= 0):
+            raise (ValueError if isinstance(timeout, (int, float)) else TypeError)(
+                f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
         if deadline is None:
             deadline = self._default_deadline
         elif isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not 0 < deadline < math.inf:
             raise ValueError(f"deadline must be None or a number of seconds > 0, not {deadline!r}")
         if deadline is not None and future is None:
             future = BatchFuture()  # expiry is tracked through a future, even for enqueue()
-        if item.__class__ is _ndarray and item.shape == self._row_shape and (
-                (dtype := item.dtype) is self._dtype or dtype == self._dtype):
-            samples, nbytes = 1, item.nbytes
-        else:
-            samples, nbytes = self._describe(item)
         prio: int | None
         if priority is _NORMAL:
             prio = 2
@@ -304,6 +304,11 @@ class BatchProcessor(Generic[T, R]):
                 cls is not bool and isinstance(priority, np.integer)) else None
             if prio is None:
                 raise ValueError(f"priority must be a BatchPriority (0..4), not {priority!r}")
+        if item.__class__ is _ndarray and item.shape == self._row_shape and (
+                (dtype := item.dtype) is self._dtype or dtype == self._dtype):
+            samples, nbytes = 1, item.nbytes
+        else:
+            samples, nbytes = self._describe(item)
         queue = self._queue
         if queue is None:
             raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running: call start() first")
