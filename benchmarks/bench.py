@@ -1,7 +1,8 @@
 """Run every workload of issue 4 for the three contenders in one run and print the table.
 
-    python benchmarks/bench.py [--quick] [--repeat K] [--json out.json]
+    python benchmarks/bench.py [--quick] [--repeat K] [--json out.json] [--plot out.png]
                                [--only 1,4] [--contenders compiled,stdlib]
+    python -m fastbatch bench ...      # the same, from a source checkout
 
 Contenders: fastbatch with the compiled core, fastbatch with the pure-Python twin, and the
 plain-stdlib batcher (``stdlib_batcher.py``). Each repeat runs every workload once per
@@ -286,11 +287,18 @@ def targets(runs: Runs, med: Medians) -> list[Target]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+PLOT_MISSING = ("--plot needs matplotlib, which fastbatch does not install by default: "
+                "pip install 'fastbatch[plot]' (or pip install 'matplotlib>=3.7,<4')")
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test under a minute")
     parser.add_argument("--repeat", type=int, default=3, help="repeats; the table shows medians (default 3)")
     parser.add_argument("--json", metavar="PATH", help="write environment, raw runs, medians and targets")
+    parser.add_argument("--plot", metavar="PATH",
+                        help="write a PNG: latency CDF of (4) and items/s of (1)-(3) per contender "
+                             "(needs matplotlib: pip install 'fastbatch[plot]')")
     parser.add_argument("--only", metavar="LIST", help="workload numbers, e.g. 1,4 (default: all six)")
     parser.add_argument("--contenders", metavar="LIST", default="compiled,python,stdlib")
     args = parser.parse_args(argv)
@@ -299,6 +307,17 @@ def main(argv: list[str] | None = None) -> int:
     ids = sorted(WORKLOADS) if not args.only else [int(x) for x in args.only.split(",")]
     if any(w not in WORKLOADS for w in ids):
         parser.error(f"--only takes numbers among {sorted(WORKLOADS)}")
+    plot = None
+    if args.plot:  # before the run: a missing matplotlib should not cost a minute of benchmarks
+        if not os.path.isdir(os.path.dirname(os.path.abspath(args.plot))):
+            parser.error(f"--plot: the directory of {args.plot!r} does not exist")
+        try:
+            import plot  # matplotlib only when --plot is given
+        except ImportError as exc:
+            if (exc.name or "").partition(".")[0] != "matplotlib":
+                raise
+            print(f"error: {PLOT_MISSING}", file=sys.stderr)
+            return 2
     contenders = wl.contenders(tuple(args.contenders.split(",")))
     names = [c.name for c in contenders]
 
@@ -333,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
                        "sizes": {w: WORKLOADS[w][3 if args.quick else 2] for w in ids},
                        "runs": results, "medians": med,
                        "targets": [t.__dict__ for t in tgs], "seconds": elapsed}, f, indent=1)
+    if plot is not None:
+        plot.plot(results, names, args.plot, env=env, quick=args.quick)
+        print(f"plot written to {args.plot}")
     return 0
 
 

@@ -350,7 +350,8 @@ def light_load_latency(contender: Contender, rate: float = 2_000.0, duration: fl
     Latency per item: ``perf_counter_ns`` just before ``enqueue_predict`` → its done
     callback. The bound checked is ``timeout + batch time + 1 ms``, batch time being the
     median measured duration of the batch function. The first ``warmup`` items are not
-    counted.
+    counted. ``latencies_ms`` holds every counted item's latency (ms, 0.1 µs resolution),
+    in enqueue order, for the latency CDF of ``plot.py``.
     """
     n = int(rate * duration)
     rows = _rows(n, seed)
@@ -389,6 +390,7 @@ def light_load_latency(contender: Contender, rate: float = 2_000.0, duration: fl
         "bound_ms": bound_ms, "p99_within_bound": bool(p99 <= bound_ms),
         "batch_fn_ms_median": float(np.median(fn_ms)), "batches": len(fn_ms),
         "achieved_rate": n / (t_end - t_begin), "n": n,
+        "latencies_ms": np.round(lat_ms, 4).tolist(),
     }
 
 

@@ -1,26 +1,92 @@
-"""Command line: ``python -m fastbatch demo | info``."""
+"""Command line: ``python -m fastbatch demo | bench | info``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
+from pathlib import Path
 
-from . import _backend, __version__
+from . import __version__, _backend
+
+#: Where this package lives; in a source checkout, ``<checkout>/src/fastbatch``.
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_BENCH_MODULE = "_fastbatch_benchmarks_bench"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def find_bench(cwd: Path | None = None, package_dir: Path | None = None) -> Path | None:
+    """``benchmarks/bench.py`` of a source checkout, or None.
+
+    Looked for in the current directory and its parents, then in the parents of the
+    package's directory (``<checkout>/src/fastbatch`` when fastbatch is imported from a
+    checkout). A directory counts only if it holds both ``bench.py`` and ``workloads.py``.
+    """
+    here = (cwd or Path.cwd()).resolve()
+    package = (package_dir or _PACKAGE_DIR).resolve()
+    seen: set[Path] = set()
+    for base in [here, *here.parents, *package.parents]:
+        if base in seen:
+            continue
+        seen.add(base)
+        bench = base / "benchmarks" / "bench.py"
+        if bench.is_file() and (bench.parent / "workloads.py").is_file():
+            return bench
+    return None
+
+
+def _bench(argv: list[str]) -> int:
+    """Run ``benchmarks/bench.py`` in this process, with ``argv`` passed through."""
+    path = find_bench()
+    if path is None:
+        print("fastbatch bench: benchmarks/bench.py not found. The benchmark harness is not "
+              "part of the installed package: run `python -m fastbatch bench` from a source "
+              "checkout of fastbatch (the directory that holds benchmarks/).", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location(_BENCH_MODULE, path)
+    if spec is None or spec.loader is None:  # pragma: no cover - a .py file always has one
+        print(f"fastbatch bench: cannot load {path}", file=sys.stderr)
+        return 2
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_BENCH_MODULE] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    code: int = module.main(argv, prog="fastbatch bench")
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m fastbatch`` and the ``fastbatch`` script."""
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if args_in[:1] == ["bench"]:
+        # Everything after `bench` belongs to benchmarks/bench.py (its own --help too).
+        return _bench(args_in[1:])
     parser = argparse.ArgumentParser(prog="fastbatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the seed's example and a batched numpy model, with stats")
-    demo.add_argument("--items", type=int, default=20000, help="requests sent to the model (default 20000)")
-    demo.add_argument("--producers", type=int, default=4, help="producer threads (default 4)")
+    demo.add_argument("--items", type=_positive_int, default=20000,
+                      help="requests sent to the model (default 20000)")
+    demo.add_argument("--producers", type=_positive_int, default=4, help="producer threads (default 4)")
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="draw a progress bar on stderr (default: only when stderr is a terminal)")
+    sub.add_parser("bench", add_help=False,
+                   help="run benchmarks/bench.py of a source checkout: [--quick] [--plot out.png] "
+                        "[...] (`fastbatch bench --help` for all options)")
     sub.add_parser("info", help="print the version and which core is in use")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
     if args.command == "info":
-        print(f"fastbatch {__version__}, core: {_backend.NAME}, Python {sys.version.split()[0]}")
+        print(f"fastbatch {__version__}, core: {_backend.NAME}, Python {sys.version.split()[0]}, "
+              f"from {_PACKAGE_DIR}")
         return 0
     from . import _demo
 
-    _demo.run(n_items=args.items, producers=args.producers)
+    _demo.run(n_items=args.items, producers=args.producers, progress=args.progress)
     return 0

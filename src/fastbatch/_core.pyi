@@ -78,6 +78,32 @@ class RequestQueue:
             QueueClosedError: the queue is closed, or was closed while waiting.
             ValueError: ``samples < 1``, ``nbytes < 0``, or a negative/NaN ``timeout``.
         """
+    def set_row_schema(self, dtype: npt.DTypeLike, shape: tuple[int]) -> None:
+        """Set the rows ``put_row`` accepts: 1-D arrays of ``shape == (n,)`` and ``dtype``.
+
+        Replaces any earlier schema; a new queue has none.
+
+        Raises:
+            ValueError: ``shape`` is not a tuple of one integer ``>= 0``.
+            TypeError: ``dtype`` is not a dtype, or ``shape[0]`` not an integer.
+        """
+    def clear_row_schema(self) -> None:
+        """Remove the schema: ``put_row`` returns False for every item until the next set."""
+    def put_row(
+        self, item: object, future: object | None = None, timeout: float | None = None
+    ) -> bool:
+        """``put(item, future, 1, item.nbytes, 2, timeout)`` for a row of the schema.
+
+        ``item`` is a row when it is exactly a ``numpy.ndarray`` (not a subclass), 1-D,
+        ``len(item) == n`` and its dtype is the schema's (the same object or an equivalent
+        one, as ``==`` on dtypes says). Then it is queued as ``put`` would, with
+        ``samples=1``, ``nbytes=item.nbytes``, priority 2, and True is returned.
+        Otherwise — or when no schema is set — False is returned, nothing is queued and
+        ``timeout`` is not looked at.
+
+        Raises (only for a row): as ``put`` — ``QueueFullError``, ``QueueClosedError``,
+        ``ValueError`` for a negative/NaN ``timeout``.
+        """
     def take_batch(
         self,
         max_samples: int,
@@ -200,5 +226,20 @@ class StatsWindow:
         """``(count, mean, min, max, (percentile(q) for q in percentiles))``, one copy.
 
         Mean/min/max/percentiles are NaN when the window is empty.
+        """
+    @staticmethod
+    def summaries(
+        windows: Sequence[StatsWindow], percentiles: Sequence[Sequence[float]]
+    ) -> list[tuple[int, float, float, float, tuple[float, ...]]]:
+        """``[w.summary(qs) for w, qs in zip(windows, percentiles)]``, in one call.
+
+        Each window is copied under its own lock, as by its own ``summary``; the compiled
+        core then computes all of them in one stretch without the GIL. Every ``q`` is
+        checked before any window is read.
+
+        Raises:
+            ValueError: ``len(percentiles) != len(windows)``, or a ``q`` outside
+                ``[0, 100]`` (or NaN).
+            TypeError: an element of ``windows`` is not a ``StatsWindow`` of this core.
         """
     def clear(self) -> None: ...

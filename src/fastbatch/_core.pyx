@@ -69,6 +69,7 @@ cdef extern from "_sync.hpp" nogil:
     void fb_notify_all(condition_variable&) noexcept
     int fb_cv_wait_until(condition_variable&, mutex&, int64_t deadline_ns) noexcept
     double fb_lerp(double a, double b, double t) noexcept
+    void fb_min_max(const double* a, Py_ssize_t n, double* lo, double* hi) noexcept
 
 cdef extern from "Python.h":
     # Steals the reference: used to move queued PyObject* into fresh lists.
@@ -249,20 +250,30 @@ cdef inline int64_t _after(int64_t start_ns, int64_t wait_ns) noexcept nogil:
 cdef class RequestQueue:
     """Bounded multi-producer queue of requests, FIFO or by priority (see ``_core.pyi``).
 
-    Storage is a C array of ``Request`` records: a ring buffer (FIFO) or a binary heap
-    on ``(priority, seq)``. Producers and consumers wait on two condition variables with
-    the GIL released. A waiting consumer publishes how much it still needs, so that
-    ``put`` wakes it only when the queue can satisfy it (one context switch per batch,
-    not per request).
+    Storage is C arrays of ``Request`` records: a ring buffer and, when prioritized, a
+    binary heap on ``(priority, seq)``. A prioritized queue keeps the requests of one
+    priority (the "lane": that of a put which finds the ring empty) in the ring and the
+    others in the heap. The ring is in seq order, hence sorted too, and the head of the
+    queue is the smaller of the two heads: traffic of one priority (the usual case)
+    costs O(1) per request instead of O(log n) heap sifts.
+
+    Producers and consumers wait on two condition variables with the GIL released. A
+    waiting consumer publishes how much it still needs, so that ``put`` wakes it only
+    when the queue can satisfy it (one context switch per batch, not per request).
     """
 
     cdef mutex _mutex
     cdef condition_variable _not_empty   # consumers wait here
     cdef condition_variable _not_full    # producers wait here
-    cdef Request* _buf
-    cdef Py_ssize_t _alloc               # records allocated
+    cdef Request* _buf                   # the ring
+    cdef Py_ssize_t _alloc               # ring records allocated
     cdef Py_ssize_t _head                # ring: index of the oldest record
-    cdef Py_ssize_t _count
+    cdef Py_ssize_t _ring_count
+    cdef int64_t _lane                   # priority of the ring's requests (prioritized)
+    cdef Request* _heap                  # prioritized only: requests of other priorities
+    cdef Py_ssize_t _heap_alloc
+    cdef Py_ssize_t _heap_count
+    cdef Py_ssize_t _count               # ring + heap
     cdef Py_ssize_t _capacity            # 0: unbounded
     cdef bint _prioritized
     cdef bint _closed
@@ -275,6 +286,9 @@ cdef class RequestQueue:
     # What the (single) waiting consumer needs before a put should wake it.
     cdef int64_t _need_samples
     cdef int64_t _need_bytes             # 0: no byte criterion
+    # The rows put_row() accepts: 1-D, _row_len long, of this dtype (None: no schema).
+    cdef object _row_dtype
+    cdef cnp.npy_intp _row_len
 
     def __init__(self, capacity=0, prioritized=False):
         # Arguments are checked and memory allocated in __cinit__; this method exists so
@@ -296,29 +310,52 @@ cdef class RequestQueue:
 
     def __dealloc__(self):
         cdef Request* buf = self._buf
-        cdef Py_ssize_t i, j, n = self._count
-        self._buf = NULL
-        self._count = 0
-        if buf == NULL:
-            return
-        for i in range(n):
-            j = i if self._prioritized else (self._head + i) % self._alloc
-            Py_XDECREF(buf[j].item)
-            Py_XDECREF(buf[j].future)
-        free(buf)
+        cdef Request* heap = self._heap
+        cdef Py_ssize_t i, j, n = self._ring_count, m = self._heap_count
+        self._buf = self._heap = NULL
+        self._count = self._ring_count = self._heap_count = 0
+        if buf != NULL:
+            for i in range(n):
+                j = (self._head + i) % self._alloc
+                Py_XDECREF(buf[j].item)
+                Py_XDECREF(buf[j].future)
+            free(buf)
+        if heap != NULL:
+            for i in range(m):
+                Py_XDECREF(heap[i].item)
+                Py_XDECREF(heap[i].future)
+            free(heap)
 
     # -- storage (mutex held; GIL may or may not be held) -----------------------------
 
-    cdef int _reserve(self) noexcept nogil:
-        """Make room for one more record; -1 when out of memory."""
-        cdef Py_ssize_t old = self._alloc, new = old * 2, tail
-        if self._count < old:
+    cdef inline bint _to_ring(self, const Request* r) noexcept nogil:
+        """Whether ``r`` goes to the ring (else to the heap)."""
+        return (not self._prioritized or self._ring_count == 0
+                or r.priority == self._lane)
+
+    cdef int _reserve(self, bint ring) noexcept nogil:
+        """Make room for one more record in the ring or the heap; -1 when out of memory."""
+        cdef Py_ssize_t old, new, tail
+        if not ring:
+            old = self._heap_alloc
+            if self._heap_count < old:
+                return 0
+            new = max(2 * old, 64)
+            if self._capacity and new > self._capacity:
+                new = self._capacity
+            if _grow(<void**>&self._heap, <size_t>new, sizeof(Request)) < 0:
+                return -1
+            self._heap_alloc = new
             return 0
+        old = self._alloc
+        if self._ring_count < old:
+            return 0
+        new = old * 2
         if self._capacity and new > self._capacity:
             new = self._capacity
         if _grow(<void**>&self._buf, <size_t>new, sizeof(Request)) < 0:
             return -1
-        if not self._prioritized and self._head > 0:
+        if self._head > 0:
             # The ring is full and wraps: slide [head, old) to the end of the new space.
             tail = old - self._head
             memmove(&self._buf[new - tail], &self._buf[self._head], tail * sizeof(Request))
@@ -326,16 +363,24 @@ cdef class RequestQueue:
         self._alloc = new
         return 0
 
-    cdef void _push(self, Request* r) noexcept nogil:
-        """Append ``r``, stamping its sequence number and enqueue time."""
-        cdef Request* h = self._buf
+    cdef void _push(self, Request* r, bint ring) noexcept nogil:
+        """Append ``r`` (room reserved), stamping its sequence number and enqueue time."""
+        cdef Request* h = self._heap
         cdef Py_ssize_t i, parent
         r.seq = self._seq
         self._seq += 1
         # Stamped under the lock so that FIFO order and enqueue times agree.
         r.enqueue_ns = fb_now_ns()
-        if self._prioritized:
-            i = self._count
+        if ring:
+            if self._ring_count == 0:
+                self._lane = r.priority
+            i = self._head + self._ring_count
+            if i >= self._alloc:
+                i -= self._alloc
+            self._buf[i] = r[0]
+            self._ring_count += 1
+        else:
+            i = self._heap_count
             while i > 0:
                 parent = (i - 1) >> 1
                 if not _before(r, &h[parent]):
@@ -343,27 +388,28 @@ cdef class RequestQueue:
                 h[i] = h[parent]
                 i = parent
             h[i] = r[0]
-        else:
-            i = self._head + self._count
-            if i >= self._alloc:
-                i -= self._alloc
-            h[i] = r[0]
+            self._heap_count += 1
         self._count += 1
         self._samples += r.samples
         self._bytes += r.nbytes
 
+    cdef inline bint _heap_first(self) noexcept nogil:
+        """Whether the head of the queue (not empty) is the heap's top."""
+        return self._heap_count > 0 and (
+            self._ring_count == 0 or _before(&self._heap[0], &self._buf[self._head]))
+
     cdef inline Request* _peek(self) noexcept nogil:
-        return &self._buf[0] if self._prioritized else &self._buf[self._head]
+        return &self._heap[0] if self._heap_first() else &self._buf[self._head]
 
     cdef void _pop(self, Request* out) noexcept nogil:
         """Move the head record into ``out`` (the queue must not be empty)."""
-        cdef Request* h = self._buf
+        cdef Request* h = self._heap
         cdef Request last
         cdef Py_ssize_t i, child, n
-        if self._prioritized:
+        if self._heap_first():
             out[0] = h[0]
-            self._count -= 1
-            n = self._count
+            self._heap_count -= 1
+            n = self._heap_count
             if n > 0:
                 last = h[n]
                 i = 0
@@ -379,11 +425,12 @@ cdef class RequestQueue:
                     i = child
                 h[i] = last
         else:
-            out[0] = h[self._head]
+            out[0] = self._buf[self._head]
             self._head += 1
             if self._head == self._alloc:
                 self._head = 0
-            self._count -= 1
+            self._ring_count -= 1
+        self._count -= 1
         self._samples -= out.samples
         self._bytes -= out.nbytes
 
@@ -428,15 +475,17 @@ cdef class RequestQueue:
     cdef int _put(self, Request* r, int64_t deadline, int64_t signal_deadline,
                   bint* waited, bint can_wait) noexcept nogil:
         cdef int status, wake = 0
+        cdef bint ring
         while True:
             if self._closed:
                 status = ST_CLOSED_WHILE_WAITING if waited[0] else ST_CLOSED
                 break
             if self._capacity == 0 or self._count < self._capacity:
-                if self._reserve() < 0:
+                ring = self._to_ring(r)
+                if self._reserve(ring) < 0:
                     status = ST_NOMEM
                 else:
-                    self._push(r)
+                    self._push(r, ring)
                     wake = self._wake_consumers()
                     status = ST_OK
                 break
@@ -550,14 +599,14 @@ cdef class RequestQueue:
         if out[0] == NULL:
             fb_unlock(self._mutex)
             return ST_NOMEM
-        if self._prioritized:
+        if self._heap_count > 0:
             for i in range(count):
                 self._pop(&out[0][i])
         else:
             first = min(count, self._alloc - self._head)
             memcpy(out[0], &self._buf[self._head], first * sizeof(Request))
             memcpy(&out[0][first], self._buf, (count - first) * sizeof(Request))
-            self._count = 0
+            self._count = self._ring_count = 0
             self._samples = 0
             self._bytes = 0
         self._head = 0
@@ -656,9 +705,6 @@ cdef class RequestQueue:
             ValueError: ``samples < 1``, ``nbytes < 0``, or a negative/NaN ``timeout``.
         """
         cdef Request r
-        cdef int status = ST_OK
-        cdef int64_t deadline
-        cdef bint waited = False
         r.samples = _as_int64(samples, "samples")
         if r.samples < 1:
             raise ValueError(f"samples must be >= 1, got {r.samples}")
@@ -666,7 +712,53 @@ cdef class RequestQueue:
         if r.nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {r.nbytes}")
         r.priority = _as_int64(priority, "priority")
-        deadline = _deadline(_seconds_to_ns(timeout, "timeout"))
+        self._enqueue(&r, item, future, timeout)
+
+    def set_row_schema(self, dtype, shape):
+        """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in ``put_row``."""
+        dt = np.dtype(dtype)
+        if type(shape) is not tuple or len(shape) != 1:
+            raise ValueError(f"a row schema has a 1-D shape (n,), got {shape!r}")
+        n = _as_int64(shape[0], "shape[0]")
+        if n < 0:
+            raise ValueError(f"a row schema has a 1-D shape (n,) with n >= 0, got {shape!r}")
+        self._row_len = <cnp.npy_intp>n
+        self._row_dtype = dt
+
+    def clear_row_schema(self):
+        """Make ``put_row`` refuse every item until the next ``set_row_schema``."""
+        self._row_dtype = None
+
+    def put_row(self, object item, object future=None, timeout=None):
+        """``put(item, future, 1, item.nbytes, 2, timeout)`` if ``item`` is a schema row.
+
+        Returns False, queuing nothing, when there is no schema or ``item`` is not
+        exactly an ndarray, not 1-D, or of another length or dtype.
+        """
+        cdef Request r
+        cdef object dtype = self._row_dtype
+        cdef cnp.PyArray_Descr* dt
+        if dtype is None or not cnp.PyArray_CheckExact(item):
+            return False
+        if (cnp.PyArray_NDIM(<cnp.ndarray>item) != 1
+                or cnp.PyArray_DIM(<cnp.ndarray>item, 0) != self._row_len):
+            return False
+        dt = cnp.PyArray_DESCR(<cnp.ndarray>item)
+        if (dt != <cnp.PyArray_Descr*>dtype
+                and not cnp.PyArray_EquivTypes(<cnp.dtype>dt, <cnp.dtype>dtype)):
+            return False
+        r.samples = 1
+        r.nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>item)
+        r.priority = 2
+        self._enqueue(&r, item, future, timeout)
+        return True
+
+    cdef int _enqueue(self, Request* r, object item, object future,
+                      object timeout) except -1:
+        """The push path of ``put`` and ``put_row``; ``r`` holds samples/nbytes/priority."""
+        cdef int status = ST_OK
+        cdef bint waited = False
+        cdef int64_t deadline = _deadline(_seconds_to_ns(timeout, "timeout"))
         r.item = <PyObject*>item
         r.future = <PyObject*>future
         # The queue's references, taken while we hold the GIL; given back on failure.
@@ -674,15 +766,15 @@ cdef class RequestQueue:
         Py_INCREF(future)
         while True:
             if fb_try_lock(self._mutex):
-                status = self._put(&r, deadline, FB_FOREVER, &waited, False)
+                status = self._put(r, deadline, FB_FOREVER, &waited, False)
                 if status == ST_WOULD_WAIT:
                     with nogil:
-                        status = self._put(&r, deadline, _signal_check_deadline(),
+                        status = self._put(r, deadline, _signal_check_deadline(),
                                            &waited, True)
             else:
                 with nogil:
                     fb_lock(self._mutex)
-                    status = self._put(&r, deadline, _signal_check_deadline(), &waited,
+                    status = self._put(r, deadline, _signal_check_deadline(), &waited,
                                        True)
             if status != ST_CHECK_SIGNALS:
                 break
@@ -693,7 +785,7 @@ cdef class RequestQueue:
                 Py_DECREF(future)
                 raise
         if status == ST_OK:
-            return
+            return 0
         Py_DECREF(item)
         Py_DECREF(future)
         if status == ST_CLOSED:
@@ -1192,41 +1284,97 @@ cdef struct Summary:
     double mean
     double min
     double max
-    bint has_nan
+
+
+cdef bint _has_nan(const double* a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        if a[i] != a[i]:
+            return True
+    return False
 
 
 cdef void _summarize(double* a, Py_ssize_t n, const double* qs, Py_ssize_t m,
                      Summary* s, double* out, bint moments) noexcept nogil:
     """Percentiles of ``a[:n]``, and mean/min/max when ``moments``; NaN as numpy gives."""
     cdef Py_ssize_t i
-    cdef double v, lo, hi
-    cdef double nan = NAN
+    cdef bint has_nan
     s.count = n
-    s.has_nan = False
+    s.mean = s.min = s.max = NAN
     if n == 0:
-        s.mean = s.min = s.max = nan
         for i in range(m):
-            out[i] = nan
+            out[i] = NAN
         return
-    s.mean = _pairwise_sum(a, n) / <double>n if moments else nan
-    cdef bint nan_seen = False
-    lo = hi = a[0]
-    for i in range(n):  # branch-free, so that it vectorizes
-        v = a[i]
-        nan_seen |= v != v
-        lo = v if v < lo else lo
-        hi = v if v > hi else hi
-    s.has_nan = nan_seen
-    if s.has_nan:
+    if moments:
+        s.mean = _pairwise_sum(a, n) / <double>n
+        # A NaN value makes the sum NaN; a NaN sum may also be inf - inf: look.
+        has_nan = s.mean != s.mean and _has_nan(a, n)
+    else:
+        has_nan = _has_nan(a, n)
+    if has_nan:
         # numpy propagates NaN through min, max and every percentile.
-        s.min = s.max = nan
         for i in range(m):
-            out[i] = nan
+            out[i] = NAN
         return
-    s.min = lo
-    s.max = hi
+    if moments:
+        fb_min_max(a, n, &s.min, &s.max)
     if m > 0:
         _percentiles(a, n, qs, m, out)
+
+
+cdef list _summaries(tuple windows, tuple qss, bint moments):
+    """Summaries of ``windows`` (StatsWindow) with the percentiles ``qss[i]`` of each.
+
+    Each window is copied under its own lock, then all copies are computed in one
+    stretch, without the GIL once they hold enough values to be worth it.
+    """
+    cdef Py_ssize_t k = len(windows), i, t, nq = 0, nv = 0, at = 0
+    cdef Py_ssize_t* m
+    cdef double** values
+    cdef double** qs
+    cdef Summary* s
+    cdef double qv
+    cdef void* block
+    for i in range(k):
+        nq += len(<tuple>qss[i])
+        nv += (<StatsWindow>windows[i])._capacity
+    # One block: per window its Summary, its m, pointers to its copy and its qs/out.
+    block = malloc(<size_t>k * (sizeof(Summary) + sizeof(Py_ssize_t) + 2 * sizeof(double*))
+                   + <size_t>(nv + 2 * nq + 1) * sizeof(double))
+    if block == NULL:
+        raise MemoryError()
+    try:
+        s = <Summary*>block
+        m = <Py_ssize_t*>(s + k)
+        values = <double**>(m + k)
+        qs = values + k
+        for i in range(k):
+            values[i] = <double*>(qs + k) + at
+            at += (<StatsWindow>windows[i])._capacity
+            m[i] = len(<tuple>qss[i])
+            qs[i] = <double*>(qs + k) + at  # then the m outputs
+            at += 2 * m[i]
+            for t in range(m[i]):
+                q = (<tuple>qss[i])[t]
+                qv = _as_double(q, "q")
+                if not 0.0 <= qv <= 100.0:  # NaN fails too
+                    raise ValueError(f"percentile q must be between 0 and 100, got {q!r}")
+                qs[i][t] = qv
+        nv = 0
+        for i in range(k):
+            s[i].count = (<StatsWindow>windows[i])._snapshot(values[i])
+            nv += s[i].count
+        if nv >= _NOGIL_STATS_VALUES:
+            with nogil:
+                for i in range(k):
+                    _summarize(values[i], s[i].count, qs[i], m[i], &s[i], qs[i] + m[i], moments)
+        else:
+            for i in range(k):
+                _summarize(values[i], s[i].count, qs[i], m[i], &s[i], qs[i] + m[i], moments)
+        return [(s[i].count, s[i].mean, s[i].min, s[i].max,
+                 tuple([qs[i][m[i] + t] for t in range(m[i])])) for i in range(k)]
+    finally:
+        free(block)
 
 
 cdef class StatsWindow:
@@ -1397,41 +1545,31 @@ cdef class StatsWindow:
 
     def percentile(self, q):
         """The q-th percentile (``0 <= q <= 100``, else ``ValueError``); NaN when empty."""
-        return self._summary((q,), False)[4][0]
+        return _summaries((self,), ((q,),), False)[0][4][0]
 
     def summary(self, percentiles=()):
         """``(count, mean, min, max, (percentile(q) for q in percentiles))``, one copy.
 
         Mean/min/max/percentiles are NaN when the window is empty.
         """
-        return self._summary(tuple(percentiles), True)
+        return _summaries((self,), (tuple(percentiles),), True)[0]
 
-    cdef tuple _summary(self, tuple qs, bint moments):
-        cdef Py_ssize_t i, m = len(qs), n
-        cdef Summary s
-        cdef double* qv
-        cdef double* out
-        cdef double* scratch = <double*>malloc(
-            <size_t>(self._capacity + 2 * m + 1) * sizeof(double))
-        if scratch == NULL:
-            raise MemoryError()
-        qv = scratch + self._capacity
-        out = qv + m
-        try:
-            for i in range(m):
-                q = qs[i]
-                qv[i] = _as_double(q, "q")
-                if not 0.0 <= qv[i] <= 100.0:  # NaN fails too
-                    raise ValueError(f"percentile q must be between 0 and 100, got {q!r}")
-            n = self._snapshot(scratch)
-            if n >= _NOGIL_STATS_VALUES:
-                with nogil:
-                    _summarize(scratch, n, qv, m, &s, out, moments)
-            else:
-                _summarize(scratch, n, qv, m, &s, out, moments)
-            return (s.count, s.mean, s.min, s.max, tuple([out[i] for i in range(m)]))
-        finally:
-            free(scratch)
+    @staticmethod
+    def summaries(windows, percentiles):
+        """``[w.summary(qs) for w, qs in zip(windows, percentiles)]`` in one call.
+
+        Each window is copied under its own lock; all are then computed in one
+        stretch, without the GIL when they hold enough values to be worth it.
+        """
+        ws = tuple(windows)
+        qss = tuple([tuple(qs) for qs in percentiles])
+        if len(ws) != len(qss):
+            raise ValueError(
+                f"{len(ws)} windows but {len(qss)} percentile sequences: one per window")
+        for w in ws:
+            if not isinstance(w, StatsWindow):
+                raise TypeError(f"expected StatsWindow objects, got {type(w).__name__}")
+        return _summaries(ws, qss, True)
 
     def clear(self):
         """Forget every value (``total_count`` restarts at 0)."""

@@ -53,7 +53,10 @@ def _as_float(name: str, value: Any) -> float:
         return value
     if isinstance(value, (str, bytes, bytearray)):
         raise TypeError(f"{name} must be a real number, not {type(value).__name__}")
-    return float(value)
+    try:
+        return float(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a real number, not {type(value).__name__}") from None
 
 
 def _int64(name: str, value: Any) -> int:
@@ -106,7 +109,8 @@ class RequestQueue:
     __slots__ = (
         "__weakref__", "_bytes", "_capacity", "_closed", "_idle_waiters", "_lingerers",
         "_lock", "_need_bytes", "_need_samples", "_not_empty", "_not_full", "_paused",
-        "_prioritized", "_producers_waiting", "_queue", "_samples", "_seq",
+        "_prioritized", "_producers_waiting", "_queue", "_row_dtype", "_row_shape", "_samples",
+        "_seq",
     )  # fmt: skip
 
     def __init__(self, capacity: int = 0, prioritized: bool = False) -> None:
@@ -128,6 +132,9 @@ class RequestQueue:
         self._lingerers = 0  # consumers in step 3 (batch started, waiting to fill it)
         self._need_samples = 0  # what the (single) lingerer still needs to fill its batch
         self._need_bytes: int | None = None
+        # The rows put_row() accepts (None: no schema).
+        self._row_dtype: np.dtype[Any] | None = None
+        self._row_shape: tuple[int] | None = None
 
     @property
     def capacity(self) -> int:
@@ -199,7 +206,50 @@ class RequestQueue:
         if nbytes < 0:
             raise ValueError(f"nbytes must be >= 0, got {nbytes}")
         priority = _int64("priority", priority)
-        timeout = _timeout(timeout)
+        self._push(item, future, samples, nbytes, priority, _timeout(timeout))
+
+    def set_row_schema(self, dtype: npt.DTypeLike, shape: tuple[int]) -> None:
+        """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in :meth:`put_row`.
+
+        Raises:
+            ValueError: ``shape`` is not a 1-tuple of an integer ``>= 0``.
+            TypeError: ``dtype`` is not a dtype, or ``shape[0]`` not an integer.
+        """
+        dt = np.dtype(dtype)
+        if type(shape) is not tuple or len(shape) != 1:
+            raise ValueError(f"a row schema has a 1-D shape (n,), got {shape!r}")
+        n = _int64("shape[0]", shape[0])
+        if n < 0:
+            raise ValueError(f"a row schema has a 1-D shape (n,) with n >= 0, got {shape!r}")
+        self._row_shape, self._row_dtype = (n,), dt
+
+    def clear_row_schema(self) -> None:
+        """Make :meth:`put_row` refuse every item until the next :meth:`set_row_schema`."""
+        self._row_dtype = None
+
+    def put_row(self, item: object, future: object | None = None,
+                timeout: float | None = None) -> bool:  # fmt: skip
+        """``put(item, future, 1, item.nbytes, 2, timeout)`` if ``item`` is a schema row.
+
+        Returns:
+            True when queued; False, queuing nothing, when there is no schema or ``item``
+            is not exactly an ndarray, not 1-D, or of another length or dtype.
+
+        Raises:
+            As :meth:`put`.
+        """
+        dtype = self._row_dtype
+        it: Any = item
+        if dtype is None or it.__class__ is not np.ndarray or it.shape != self._row_shape:
+            return False
+        if (dt := it.dtype) is not dtype and dt != dtype:
+            return False
+        self._push(item, future, 1, it.nbytes, 2, _timeout(timeout))
+        return True
+
+    def _push(self, item: object, future: object | None, samples: int, nbytes: int,
+              priority: int, timeout: float | None) -> None:  # fmt: skip
+        # put() and put_row(), arguments validated.
         with self._lock:
             if self._closed:
                 raise QueueClosedError("the queue is closed: put() refused")
@@ -705,6 +755,31 @@ class StatsWindow:
             return 0, _NAN, _NAN, _NAN, tuple(_NAN for _ in qs)
         pcts = tuple(np.percentile(data, qs).tolist()) if qs else ()
         return n, float(data.mean()), float(data.min()), float(data.max()), pcts
+
+    @staticmethod
+    def summaries(
+        windows: Sequence[StatsWindow], percentiles: Sequence[Sequence[float]]
+    ) -> list[tuple[int, float, float, float, tuple[float, ...]]]:
+        """``[w.summary(qs) for w, qs in zip(windows, percentiles)]`` in one call.
+
+        Raises:
+            ValueError: not one percentile sequence per window, or a ``q`` outside
+                ``[0, 100]`` (or NaN).
+            TypeError: an element of ``windows`` is not a ``StatsWindow``.
+        """
+        ws = tuple(windows)
+        qss = [tuple(qs) for qs in percentiles]
+        if len(ws) != len(qss):
+            raise ValueError(
+                f"{len(ws)} windows but {len(qss)} percentile sequences: one per window"
+            )
+        for w in ws:
+            if not isinstance(w, StatsWindow):
+                raise TypeError(f"expected StatsWindow objects, got {type(w).__name__}")
+        for qs in qss:  # every q checked before any window is read, as the compiled core does
+            for q in qs:
+                _percentile_q(q)
+        return [w.summary(qs) for w, qs in zip(ws, qss)]
 
     def clear(self) -> None:
         """Forget every value; ``total_count`` restarts from 0."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import _backend
@@ -26,14 +27,15 @@ from ._future import expire_pending
 class DeadlineReaper:
     """Fails the futures whose deadline passes while they are still queued."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, run_callbacks: Callable[[list[Any]], None] | None = None) -> None:
         self.name = name
+        self._run_callbacks = run_callbacks
         self._cond = threading.Condition()
         self._heap: list[tuple[int, int, float, Any]] = []  # (deadline_ns, seq, seconds, future)
         self._seq = 0
         self._stopped = False
         self._thread: threading.Thread | None = None
-        self.expired = 0  # futures failed here; written under _cond
+        self.expired = 0  # futures failed here; written by the reaper thread only
 
     def add(self, future: Any, seconds: float) -> None:
         """Watch ``future``: fail it if still queued ``seconds`` from now."""
@@ -50,6 +52,9 @@ class DeadlineReaper:
                 self._thread.start()
             elif self._heap[0] is entry:
                 self._cond.notify()  # a new earliest deadline: wake up sooner
+
+    def _count(self) -> None:
+        self.expired += 1  # under the futures' state lock, on this thread only
 
     def stop(self) -> None:
         """Stop watching and join the thread. Idempotent."""
@@ -69,16 +74,14 @@ class DeadlineReaper:
                 while self._heap and self._heap[0][0] <= now:
                     due.append(heapq.heappop(self._heap))
                 if due:
-                    # Fail them outside our lock: done-callbacks run user code.
-                    self._cond.release()
+                    self._cond.release()  # fail them outside our lock: callbacks are user code
                     try:
-                        n = 0
                         for _, _, seconds, future in due:
-                            n += expire_pending((future,), ItemExpiredError(
-                                f"the item's deadline of {seconds}s passed while it was queued"))
+                            expire_pending((future,), ItemExpiredError(
+                                f"the item's deadline of {seconds}s passed while it was queued"),
+                                self._run_callbacks, self._count)
                     finally:
                         self._cond.acquire()
-                    self.expired += n
                     continue
                 timeout = (self._heap[0][0] - now) / 1e9 if self._heap else None
                 self._cond.wait(timeout)

@@ -292,9 +292,15 @@ def start_batch(futures: Sequence[Any]) -> tuple[list[int] | None, int, int]:
     return [i for i in range(len(futures)) if i not in gone], cancelled, len(dropped) - cancelled
 
 
-def expire_pending(futures: Iterable[Any], exc: BaseException) -> int:
-    """Fail the futures that are still queued (not running, not done) with ``exc``."""
-    return fail_futures(futures, exc, only_pending=True)
+def expire_pending(futures: Iterable[Any], exc: BaseException,
+                   run_callbacks: Callable[[list[Any]], None] | None = None,
+                   on_expire: Callable[[], None] | None = None) -> int:
+    """Fail the futures that are still queued (not running, not done) with ``exc``.
+
+    ``on_expire`` runs under the state lock just before each failure, so a counter it
+    bumps is never behind what an observer of the future can see.
+    """
+    return fail_futures(futures, exc, only_pending=True, run_callbacks=run_callbacks, on_fail=on_expire)
 
 
 def _apply_resolve(f: BatchFuture[Any], result: Any) -> str | None:
@@ -305,7 +311,8 @@ def _apply_resolve(f: BatchFuture[Any], result: Any) -> str | None:
     return "add_result"
 
 
-def resolve_batch(futures: Sequence[Any], results: Sequence[Any]) -> int:
+def resolve_batch(futures: Sequence[Any], results: Sequence[Any],
+                  run_callbacks: Callable[[list[Any]], None] | None = None) -> int:
     """Give each running future its result; returns how many were set.
 
     A future that is finished already (failed by ``stop`` past its deadline) keeps its
@@ -334,17 +341,30 @@ def resolve_batch(futures: Sequence[Any], results: Sequence[Any]) -> int:
         if f._change(lambda g, r=r: _apply_resolve(g, r)) is not None:
             n += 1
             callbacks.append(f)
-    for f in callbacks:
+    _dispatch(callbacks, run_callbacks)
+    return n
+
+
+def _dispatch(finished: list[Any], run_callbacks: Callable[[list[Any]], None] | None) -> None:
+    """Run the done-callbacks of ``finished`` here, or hand them to ``run_callbacks``."""
+    if not finished:
+        return
+    if run_callbacks is not None:
+        run_callbacks(finished)
+        return
+    for f in finished:
         try:
             f._invoke_callbacks()
         except BaseException:  # noqa: BLE001 - a user's callback; log and go on
             logger.exception("fastbatch: a done-callback of %r raised", f)
-    return n
 
 
-def _apply_fail(f: BatchFuture[Any], failure: _Failure, only_pending: bool) -> str | None:
+def _apply_fail(f: BatchFuture[Any], failure: _Failure, only_pending: bool,
+                on_fail: Callable[[], None] | None = None) -> str | None:
     state = f._state
     if state == PENDING or (state == RUNNING and not only_pending):
+        if on_fail is not None:
+            on_fail()
         f._result = failure
         f._state = FINISHED
         return "add_exception"
@@ -354,25 +374,21 @@ def _apply_fail(f: BatchFuture[Any], failure: _Failure, only_pending: bool) -> s
     return None
 
 
-def fail_futures(futures: Iterable[Any], exc: BaseException, only_pending: bool = False) -> int:
+def fail_futures(futures: Iterable[Any], exc: BaseException, only_pending: bool = False,
+                 run_callbacks: Callable[[list[Any]], None] | None = None,
+                 on_fail: Callable[[], None] | None = None) -> int:
     """Fail every unfinished future with ``exc``; returns how many were failed.
 
     A cancelled future is moved to "cancelled and notified" instead. With
     ``only_pending``, running and cancelled futures are left alone.
     """
     failure = _Failure(exc)
-    failed = 0
+    finished = []
     for f in futures:
-        if f is None:
-            continue
-        event = f._change(lambda g: _apply_fail(g, failure, only_pending))
-        if event == "add_exception":
-            failed += 1
-            try:
-                f._invoke_callbacks()
-            except BaseException:  # noqa: BLE001 - a user's callback; log and go on
-                logger.exception("fastbatch: a done-callback of %r raised", f)
-    return failed
+        if f is not None and f._change(lambda g: _apply_fail(g, failure, only_pending, on_fail)) == "add_exception":
+            finished.append(f)
+    _dispatch(finished, run_callbacks)
+    return len(finished)
 
 
 def add_note(exc: BaseException, note: str) -> None:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import threading
+import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +26,7 @@ from ._future import BatchFuture, fail_futures
 from ._deadlines import DeadlineReaper
 from ._health import HealthMonitor, HealthSnapshot
 from ._stats import BatchStats
+from ._threads import CallbackRunner
 from ._worker import Worker
 
 logger = logging.getLogger("fastbatch")
@@ -34,6 +37,7 @@ _P = TypeVar("_P", bound="BatchProcessor[Any, Any]")
 
 _IDLE, _RUNNING, _STOPPING, _STOPPED = "idle", "running", "stopping", "stopped"
 _ids = itertools.count(1)
+_live: weakref.WeakSet[BatchProcessor[Any, Any]] = weakref.WeakSet()
 _ndarray = np.ndarray
 _NORMAL = BatchPriority.NORMAL
 # Accepts the enum members and their int values; bools are refused separately.
@@ -71,16 +75,20 @@ class BatchProcessor(Generic[T, R]):
         self._lock = threading.Lock()  # guards the lifecycle fields below and the schema
         self._state = _IDLE
         self._stopped = threading.Event()
+        self._stoppers: set[int | None] = set()  # threads inside stop(), for re-entrant calls
         self._paused = False
         self._queue: Any = None
         self._worker: Worker | None = None
         self._monitor: HealthMonitor | None = None
         self._abort = threading.Event()
         self._reaper: DeadlineReaper | None = None
+        self._callbacks: CallbackRunner | None = None
         self._expired_before = 0  # expired in earlier runs
         self._default_deadline = config.default_deadline
         self._max_bytes = config.max_batch_bytes
         self._reset_schema()
+        self._forked = False
+        _live.add(self)
         self._count_lock = threading.Lock()
         self._submitted_before = 0  # accepted by the queues of earlier runs
         self._refused = 0
@@ -116,11 +124,14 @@ class BatchProcessor(Generic[T, R]):
             queue = _backend.RequestQueue(cfg.max_queue_size, cfg.enable_priority_queue)
             if self._paused:
                 queue.pause()
-            worker = Worker(self.name, cfg, process_func, queue, self.sizer, self.stats, self._abort)
+            callbacks = CallbackRunner(self.name)
+            worker = Worker(self.name, cfg, process_func, queue, self.sizer, self.stats, self._abort,
+                            callbacks)
             worker.on_exit = self._worker_exited
             monitor = HealthMonitor(self.name, cfg, self.sizer, queue.__len__,
                                     lambda: worker.batch_started_ns)
-            self._reaper = DeadlineReaper(self.name)
+            self._reaper = DeadlineReaper(self.name, callbacks.submit)
+            self._callbacks = callbacks
             self._queue, self._worker, self._monitor = queue, worker, monitor
             self._state = _RUNNING
             worker.thread.start()
@@ -143,30 +154,48 @@ class BatchProcessor(Generic[T, R]):
         """
         if timeout is not None and not timeout >= 0:
             raise ValueError(f"timeout must be None or a number >= 0, not {timeout!r}")
+        me = threading.current_thread()
         with self._lock:
             state, worker, queue = self._state, self._worker, self._queue
             if state == _RUNNING:
                 self._state = _STOPPING
-                queue.close()
-        if state in (_IDLE, _STOPPED) or worker is None:
+                queue.close()  # intake stops at once, whoever asked
+            if state in (_IDLE, _STOPPED) or worker is None:
+                return
+            nested = me.ident in self._stoppers
+            if not nested:
+                self._stoppers.add(me.ident)
+        if nested or me is worker.thread or me.name.startswith(
+                (f"fastbatch-item-{self.name}-", f"fastbatch-callbacks-{self.name}")):
+            # A done-callback inside our own stop(), or the worker's own threads: waiting
+            # here would wait for ourselves. The drain goes on; the worker ends the stop.
+            if not nested:
+                with self._lock:
+                    self._stoppers.discard(me.ident)
             return
-        if state == _STOPPING or worker.thread is threading.current_thread():
-            if worker.thread is not threading.current_thread():
-                self._stopped.wait(timeout)
-            return
-        worker.thread.join(timeout)
-        if worker.thread.is_alive():
-            self._abort.set()
-            error = ProcessorStoppedError(
-                f"BatchProcessor {self.name!r} stopped (timeout={timeout}s) before this item was processed")
-            _, futures, _ = queue.drain()
-            worker.fail_leftovers(futures, str(error))
-            fail_futures(worker.inflight, error)
-            worker.thread.join(_ABANDON_GRACE_S)
+        try:
+            # Every caller bounds its own wait: stop(0) fails what is left at once even
+            # while another stop(None) is draining.
+            worker.thread.join(timeout)
             if worker.thread.is_alive():
-                logger.warning("fastbatch %s: the batch function is still running after stop(); "
-                               "its thread is left to finish on its own", self.name)
-        self._finish_stop()
+                self._abandon(worker, queue, timeout)
+            self._finish_stop()
+        finally:
+            with self._lock:
+                self._stoppers.discard(me.ident)
+
+    def _abandon(self, worker: Worker, queue: Any, timeout: float | None) -> None:
+        """Past the stop deadline: fail what is queued and the batch in flight."""
+        self._abort.set()
+        message = f"BatchProcessor {self.name!r} stopped (timeout={timeout}s) before this item was processed"
+        _, futures, _ = queue.drain()
+        worker.fail_leftovers(futures, message)
+        self.stats.record_error(fail_futures(worker.inflight, ProcessorStoppedError(message),
+                                             run_callbacks=worker.callbacks.submit))
+        worker.thread.join(_ABANDON_GRACE_S)
+        if worker.thread.is_alive():
+            logger.warning("fastbatch %s: the batch function is still running after stop(); "
+                           "its thread is left to finish on its own", self.name)
 
     def _worker_exited(self) -> None:
         """Called on the worker thread as it ends; completes a stop begun on that thread."""
@@ -179,6 +208,8 @@ class BatchProcessor(Generic[T, R]):
             monitor.stop()
         if self._reaper is not None:
             self._reaper.stop()
+        if self._callbacks is not None:
+            self._callbacks.stop()  # after everything that can finish a future
         with self._lock:
             if self._state == _STOPPING:
                 self._state = _STOPPED
@@ -231,20 +262,18 @@ class BatchProcessor(Generic[T, R]):
             TypeError, ValueError, BatchShapeError, BatchDtypeError: a bad item, timeout
                 or priority (the message names the problem).
         """
-        # The hot path, inlined: a row like the ones before, default priority, running.
-        it: Any = item
-        if (it.__class__ is _ndarray and priority is _NORMAL and deadline is None
-                and self._default_deadline is None and it.shape == self._row_shape
-                and ((dtype := it.dtype) is self._dtype or dtype == self._dtype)
+        # The hot path: default priority, no deadline, running. The queue checks in C that
+        # the item is a row like the ones before (put_row); anything else goes to _put.
+        if (priority is _NORMAL and deadline is None and self._default_deadline is None
                 and (queue := self._queue) is not None):
             try:
-                queue.put(item, None, 1, it.nbytes, 2, timeout)
+                if queue.put_row(item, None, timeout):
+                    return
             except QueueClosedError:
                 raise self._stopped_error() from None
             except QueueFullError:
                 self._count_refusal()
                 raise
-            return
         self._put(item, None, timeout, priority, deadline)
 
     def enqueue_predict(self, item: T, timeout: float | None = None,
@@ -261,24 +290,25 @@ class BatchProcessor(Generic[T, R]):
         """
         future: BatchFuture[R] = BatchFuture()
         try:
-            it: Any = item
-            if (it.__class__ is _ndarray and priority is _NORMAL and deadline is None
-                    and self._default_deadline is None and it.shape == self._row_shape
-                    and ((dtype := it.dtype) is self._dtype or dtype == self._dtype)
+            if (priority is _NORMAL and deadline is None and self._default_deadline is None
                     and (queue := self._queue) is not None):
                 try:
-                    queue.put(item, future, 1, it.nbytes, 2, timeout)
+                    queued = queue.put_row(item, future, timeout)
                 except QueueClosedError:
                     raise self._stopped_error() from None
                 except QueueFullError:
                     self._count_refusal()
                     raise
+                if not queued:
+                    self._put(item, future, timeout, priority, deadline)
             else:
                 self._put(item, future, timeout, priority, deadline)
         except QueueFullError as exc:
             if self.config.raise_on_queue_full:
                 raise
-            future.set_exception(exc)
+            # Stored without its traceback: the frames in it would keep the item alive
+            # for as long as the caller keeps the future.
+            future.set_exception(exc.with_traceback(None))
         return future
 
     def _put(self, item: Any, future: Any, timeout: float | None, priority: Any,
@@ -311,7 +341,9 @@ class BatchProcessor(Generic[T, R]):
             samples, nbytes = self._describe(item)
         queue = self._queue
         if queue is None:
-            raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running: call start() first")
+            hint = (" (it was running in the parent process; its threads do not exist in this"
+                    " forked child)" if self._forked else "")
+            raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running{hint}: call start() first")
         try:
             queue.put(item, future, samples, nbytes, prio, timeout)
         except QueueClosedError:
@@ -372,6 +404,12 @@ class BatchProcessor(Generic[T, R]):
                     self._dtype, self._sample_shape = item.dtype, sample_shape
                     self._row_shape = sample_shape if len(sample_shape) == 1 else None
                     self._kind = "array"
+                    queue = self._queue
+                    # Rows of this schema now take the queue's C fast path (put_row),
+                    # unless one row alone would exceed the byte budget.
+                    if (queue is not None and self._row_shape is not None and not (
+                            self._max_bytes and sample_shape[0] * item.dtype.itemsize > self._max_bytes)):
+                        queue.set_row_schema(item.dtype, self._row_shape)
         if item.dtype != self._dtype:
             raise BatchDtypeError(f"item has dtype {item.dtype} but the batch has dtype {self._dtype}")
         if sample_shape != self._sample_shape:
@@ -417,6 +455,7 @@ class BatchProcessor(Generic[T, R]):
             current_batch_size=self.sizer.size,
             system_load=self.sizer.load,
             active_batches=1 if worker is not None and worker.batch_started_ns else 0,
+            items_in_flight=worker.holding if worker is not None and self._state != _STOPPED else 0,
             queue_size=queued,
             is_paused=self._paused,
             is_stopping=self._state == _STOPPING,
@@ -469,3 +508,29 @@ class BatchProcessor(Generic[T, R]):
         from ._aio import enqueue_async  # asyncio is imported only by those who use it
 
         return await enqueue_async(self, item, priority=priority, timeout=timeout, deadline=deadline)
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the parent's threads are gone and any lock may be held."""
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self.sizer._lock = threading.Lock()
+        self.stats._lock = threading.Lock()
+        if self._state in (_RUNNING, _STOPPING):
+            self._forked = True
+        self._state = _STOPPED if self._state != _IDLE else _IDLE
+        self._queue = self._worker = self._monitor = self._reaper = self._callbacks = None
+        self._stoppers = set()
+        self._stopped = threading.Event()
+        self._stopped.set()
+
+
+def _after_fork_in_child() -> None:
+    from . import _future
+
+    _future._LOCK = threading.Lock()
+    for processor in list(_live):
+        processor._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,5 +1,6 @@
 // Portable clock, lock and condition-variable helpers for fastbatch/_core.pyx, plus
-// the one floating-point helper that must not be left to the compiler (fb_lerp).
+// two floating-point helpers: one that must not be left to the compiler (fb_lerp) and
+// one the compiler would not vectorize (fb_min_max).
 //
 // Cython sees only plain noexcept functions: no templates, no RAII objects crossing
 // the GIL boundary. Every timestamp of the core is a steady_clock reading in
@@ -7,10 +8,15 @@
 #ifndef FASTBATCH_SYNC_HPP
 #define FASTBATCH_SYNC_HPP
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 // "Wait forever" deadline; FB_NO_WAIT is a deadline that has always passed.
 #define FB_FOREVER INT64_MAX
@@ -77,6 +83,48 @@ static inline double fb_lerp(double a, double b, double t) noexcept {
     }
     p = d * t;
     return a + p;
+}
+
+// Min and max of a[0..n) (n >= 1, no NaN: the caller checks). Independent
+// accumulators, since one would make every compare wait for the previous one; on x86-64
+// (SSE2 is part of the baseline) two doubles per instruction: ~2x faster again.
+static inline void fb_min_max(const double* a, std::ptrdiff_t n, double* lo,
+                              double* hi) noexcept {
+    std::ptrdiff_t i = 0;
+    double l = a[0], h = a[0];
+#if defined(__SSE2__)
+    __m128d l0 = _mm_set1_pd(l), l1 = l0, l2 = l0, l3 = l0;
+    __m128d h0 = l0, h1 = l0, h2 = l0, h3 = l0;
+    for (; i + 8 <= n; i += 8) {
+        const __m128d v0 = _mm_loadu_pd(a + i), v1 = _mm_loadu_pd(a + i + 2);
+        const __m128d v2 = _mm_loadu_pd(a + i + 4), v3 = _mm_loadu_pd(a + i + 6);
+        l0 = _mm_min_pd(v0, l0); l1 = _mm_min_pd(v1, l1);
+        l2 = _mm_min_pd(v2, l2); l3 = _mm_min_pd(v3, l3);
+        h0 = _mm_max_pd(v0, h0); h1 = _mm_max_pd(v1, h1);
+        h2 = _mm_max_pd(v2, h2); h3 = _mm_max_pd(v3, h3);
+    }
+    double ls[2], hs[2];
+    _mm_storeu_pd(ls, _mm_min_pd(_mm_min_pd(l0, l1), _mm_min_pd(l2, l3)));
+    _mm_storeu_pd(hs, _mm_max_pd(_mm_max_pd(h0, h1), _mm_max_pd(h2, h3)));
+    l = ls[0] < ls[1] ? ls[0] : ls[1];
+    h = hs[0] > hs[1] ? hs[0] : hs[1];
+#else
+    double l1 = l, l2 = l, l3 = l, h1 = h, h2 = h, h3 = h;
+    for (; i + 4 <= n; i += 4) {
+        l = a[i] < l ? a[i] : l;             h = a[i] > h ? a[i] : h;
+        l1 = a[i + 1] < l1 ? a[i + 1] : l1;  h1 = a[i + 1] > h1 ? a[i + 1] : h1;
+        l2 = a[i + 2] < l2 ? a[i + 2] : l2;  h2 = a[i + 2] > h2 ? a[i + 2] : h2;
+        l3 = a[i + 3] < l3 ? a[i + 3] : l3;  h3 = a[i + 3] > h3 ? a[i + 3] : h3;
+    }
+    l = std::min(std::min(l, l1), std::min(l2, l3));
+    h = std::max(std::max(h, h1), std::max(h2, h3));
+#endif
+    for (; i < n; ++i) {
+        l = a[i] < l ? a[i] : l;
+        h = a[i] > h ? a[i] : h;
+    }
+    *lo = l;
+    *hi = h;
 }
 
 #endif  // FASTBATCH_SYNC_HPP

@@ -105,6 +105,34 @@ def test_priority_queue_is_strict_by_priority_and_fifo_within_a_level(core):
     assert _take_in_random_batches(q, 4) == expected
 
 
+@pytest.mark.parametrize("capacity", [0, 100])
+def test_priority_order_with_runs_of_one_priority_and_growth(core, capacity):
+    # Long runs of one priority mixed with others, queues growing past their first
+    # allocation, partial takes and drains: always (priority, FIFO) order.
+    rng = np.random.default_rng(7)
+    q = core.RequestQueue(capacity, prioritized=True)
+    model, seq = [], 0
+    for _ in range(60):
+        prio = int(rng.choice([2, 2, 2, 0, 4, 1]))
+        for _ in range(int(rng.integers(1, 90))):
+            if capacity and len(model) >= capacity:
+                break
+            q.put(seq, priority=prio, timeout=0)
+            model.append((prio, seq))
+            seq += 1
+        model.sort()
+        if rng.random() < 0.1:
+            assert q.drain()[0] == [s for _, s in model]
+            model.clear()
+        else:
+            k = int(rng.integers(1, 60))
+            batch = q.take_batch(k, timeout=0)
+            expected, model = model[:k], model[k:]
+            assert (batch[0] if batch else []) == [s for _, s in expected]
+        assert len(q) == len(model)
+    assert q.drain()[0] == [s for _, s in sorted(model)]
+
+
 def test_priority_applies_to_requests_put_after_earlier_takes(core):
     q = core.RequestQueue(prioritized=True)
     for i in range(3):
@@ -255,6 +283,151 @@ def test_close_is_idempotent_and_keeps_queued_requests(core):
     q.close()
     assert q.closed and len(q) == 1
     assert q.take_batch(1, timeout=0)[0] == ["a"]
+
+
+# ---------------------------------------------------------------- put_row
+
+
+class RowSubclass(np.ndarray):
+    pass
+
+
+def test_put_row_without_schema_queues_nothing(core):
+    q = core.RequestQueue()
+    assert q.put_row(np.zeros(3)) is False
+    assert (len(q), q.total_puts) == (0, 0)
+
+
+def test_put_row_queues_a_row_of_the_schema_as_put_would(core):
+    q = core.RequestQueue(prioritized=True)
+    q.set_row_schema(np.float32, (4,))
+    q.put("critical", priority=0)
+    q.put("background", priority=4)
+    row = np.arange(4, dtype=np.float32)
+    before = core.monotonic_ns()
+    assert q.put_row(row, "f") is True
+    assert q.put_row(row[::-1].copy()) is True  # any row of the schema: no future
+    assert (len(q), q.queued_samples, q.queued_bytes, q.total_puts) == (4, 4, 32, 4)
+    items, futures, stamps = q.drain()
+    # Priority 2 (NORMAL): after CRITICAL, before BACKGROUND, FIFO among rows.
+    assert items[0] == "critical" and items[3] == "background"
+    assert items[1] is row and futures[1:3] == ["f", None]
+    assert stamps[1] >= before
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        np.zeros(4, dtype=np.float64),  # dtype
+        np.zeros(4, dtype=">f4"),  # byte order: not equivalent
+        np.zeros(5, dtype=np.float32),  # length
+        np.zeros((1, 4), dtype=np.float32),  # a mini-batch of one row
+        np.zeros((4, 1), dtype=np.float32),
+        np.float32(1.0),  # a numpy scalar, not an array
+        np.zeros(4, dtype=np.float32).view(RowSubclass),  # a subclass
+        [0.0, 0.0, 0.0, 0.0],
+        None,
+        "abcd",
+    ],
+    ids=repr,
+)
+def test_put_row_refuses_what_is_not_a_row_and_queues_nothing(core, item):
+    q = core.RequestQueue()
+    q.set_row_schema(np.dtype(np.float32), (4,))
+    assert q.put_row(item, "f", timeout=-1) is False  # timeout not even looked at
+    assert (len(q), q.total_puts) == (0, 0)
+
+
+def test_put_row_accepts_an_equivalent_dtype_and_non_contiguous_rows(core):
+    q = core.RequestQueue()
+    q.set_row_schema(np.dtype("<f8"), (3,))
+    strided = np.arange(6.0)[::2]
+    assert q.put_row(np.zeros(3, dtype=np.dtype("float64"))) is True
+    assert q.put_row(strided) is True
+    assert q.queued_bytes == 48 and q.drain()[0][1] is strided
+
+
+def test_row_schema_can_be_replaced_and_cleared(core):
+    q = core.RequestQueue()
+    q.set_row_schema(np.float64, (2,))
+    q.set_row_schema(np.int32, (0,))
+    assert q.put_row(np.zeros(2)) is False
+    assert q.put_row(np.zeros(0, dtype=np.int32)) is True
+    assert q.queued_bytes == 0
+    q.clear_row_schema()
+    assert q.put_row(np.zeros(0, dtype=np.int32)) is False
+    assert len(q) == 1
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape", "error"),
+    [
+        (np.float64, (2, 3), ValueError),
+        (np.float64, (), ValueError),
+        (np.float64, [3], ValueError),
+        (np.float64, (-1,), ValueError),
+        (np.float64, (2.0,), TypeError),
+        ("not a dtype", (3,), TypeError),
+    ],
+)
+def test_set_row_schema_rejects_invalid_arguments(core, dtype, shape, error):
+    q = core.RequestQueue()
+    with pytest.raises(error):
+        q.set_row_schema(dtype, shape)
+    assert q.put_row(np.zeros(3)) is False
+
+
+def test_put_row_errors_are_those_of_put(core):
+    q = core.RequestQueue(capacity=1)
+    q.set_row_schema(np.float64, (2,))
+    row = np.zeros(2)
+    with pytest.raises(ValueError):
+        q.put_row(row, timeout=-1)
+    with pytest.raises(ValueError):
+        q.put_row(row, timeout=math.nan)
+    assert q.put_row(row, timeout=0) is True
+    with pytest.raises(QueueFullError):
+        q.put_row(row, timeout=0)
+    with pytest.raises(QueueFullError):
+        q.put_row(row, timeout=0.05)
+    q.close()
+    with pytest.raises(QueueClosedError):
+        q.put_row(row)
+    assert len(q) == 1
+
+
+def test_put_row_waits_for_room_and_wakes_on_close(core, threads):
+    q = threads.closing(core.RequestQueue(capacity=1))
+    q.set_row_schema(np.float64, (2,))
+    rows = [np.zeros(2), np.ones(2), np.full(2, 2.0)]
+    q.put_row(rows[0])
+    producer = threads.start(q.put_row, rows[1], "f1", timeout=None)
+    producer.wait_blocked()
+    assert producer.alive, "put_row() must wait while the queue is full"
+    assert q.take_batch(1, timeout=0)[0][0] is rows[0]
+    assert producer.outcome() is True
+    blocked = threads.start(q.put_row, rows[2], timeout=None)
+    blocked.wait_blocked()
+    q.close()
+    assert blocked.join(5.0), "close() must wake a producer waiting in put_row()"
+    assert isinstance(blocked.error, QueueClosedError)
+    assert q.drain()[1] == ["f1"]
+
+
+def test_rejected_put_row_keeps_no_reference(core):
+    q = core.RequestQueue(capacity=1)
+    q.set_row_schema(np.float64, (2,))
+    q.put("a")
+    row, future = np.zeros(2), Payload(2)
+    refs = [weakref.ref(row), weakref.ref(future)]
+    with pytest.raises(QueueFullError):
+        q.put_row(row, future, timeout=0)
+    q.close()
+    with pytest.raises(QueueClosedError):
+        q.put_row(row, future)
+    del row, future
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
 
 
 # ---------------------------------------------------------------- take_batch: waiting
@@ -602,6 +775,19 @@ def test_queue_holds_items_until_taken_then_lets_them_go(core):
     del batch, rest
     gc.collect()
     assert [r() for r in refs] == [None] * 8, "taken requests are still referenced"
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_a_dropped_queue_lets_its_requests_go(core, prioritized):
+    q = core.RequestQueue(prioritized=prioritized)
+    items = [Payload(i) for i in range(200)]
+    refs = [weakref.ref(o) for o in items]
+    for i, item in enumerate(items):
+        q.put(item, Payload(-i), priority=2 if i % 7 else i % 3)
+    q.take_batch(5, timeout=0)
+    del items, item, q
+    gc.collect()
+    assert [r() for r in refs] == [None] * 200
 
 
 @pytest.mark.parametrize("prioritized", [False, True])

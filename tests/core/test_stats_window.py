@@ -143,6 +143,77 @@ def test_summary_returns_one_percentile_per_q_in_order(core):
     np.testing.assert_allclose(pcts, np.percentile(data, qs), rtol=1e-12, atol=0)
 
 
+def _numpy_summary(data, qs):
+    data = np.asarray(data, dtype=np.float64)
+    if data.size == 0:
+        return 0, math.nan, math.nan, math.nan, tuple(math.nan for _ in qs)
+    with np.errstate(invalid="ignore"):
+        return (data.size, data.mean(), data.min(), data.max(),
+                tuple(np.percentile(data, qs).tolist()) if qs else ())
+
+
+@pytest.mark.parametrize("size", [0, 1, 7, 100, 5000, 10_000])
+def test_summaries_equal_each_summary_and_numpy(core, size):
+    # 10,000 and 5,000 values take the compiled core's path without the GIL.
+    rng = np.random.default_rng(size)
+    qss = [(50, 95, 99), (), (95,), (0, 100, 33.3), ()]
+    windows, datas = [], []
+    for k, qs in enumerate(qss):
+        w = core.StatsWindow(max(1, size))
+        data = rng.lognormal(k, 1.0, size if k != 1 else size // 2)
+        if size and k == 3:
+            data = np.sort(data)[::-1].copy()  # runs of descending values, as latencies come
+        w.record_many(data)
+        windows.append(w)
+        datas.append(data)
+    got = core.StatsWindow.summaries(windows, qss)
+    assert isinstance(got, list) and len(got) == len(windows)
+    for w, qs, data, summary in zip(windows, qss, datas, got):
+        np.testing.assert_array_equal(summary[:4], w.summary(qs)[:4])  # NaN equals NaN here
+        np.testing.assert_array_equal(summary[4], w.summary(qs)[4])
+        expected = _numpy_summary(data, qs)
+        assert summary[0] == expected[0] and len(summary[4]) == len(qs)
+        np.testing.assert_allclose(summary[1:4], expected[1:4], rtol=1e-12)
+        np.testing.assert_allclose(summary[4], expected[4], rtol=1e-12, atol=0)
+    assert core.StatsWindow.summaries([], []) == []
+
+
+@pytest.mark.parametrize("size", [9, 8192])
+def test_summaries_with_nan_and_infinities_follow_numpy(core, size):
+    rng = np.random.default_rng(3)
+    base = rng.random(size)
+    cases = {
+        "nan": np.where(np.arange(size) == size // 3, math.nan, base),
+        "inf": np.where(np.arange(size) == size // 2, math.inf, base),
+        "both infinities": np.where(np.arange(size) % 5 == 0, math.inf, -math.inf),
+    }
+    qs = (0, 50, 99, 100)
+    for name, data in cases.items():
+        w = core.StatsWindow(size)
+        w.record_many(data)
+        with np.errstate(invalid="ignore"):  # the twin's numpy warns about inf - inf
+            (count, mean, lo, hi, pcts), = core.StatsWindow.summaries([w], [qs])
+            p50 = w.percentile(50)
+        expected = _numpy_summary(data, qs)
+        assert count == size, name
+        np.testing.assert_array_equal(
+            [mean, lo, hi, *pcts], [*expected[1:4], *expected[4]], err_msg=name)
+        np.testing.assert_array_equal(p50, expected[4][1], err_msg=name)
+
+
+def test_summaries_rejects_bad_arguments(core):
+    a, b = core.StatsWindow(3), core.StatsWindow(3)
+    a.record_many([1.0, 2.0])
+    with pytest.raises(ValueError):
+        core.StatsWindow.summaries([a, b], [(50,)])
+    with pytest.raises(TypeError):
+        core.StatsWindow.summaries([a, "b"], [(), ()])
+    with pytest.raises(ValueError):
+        core.StatsWindow.summaries([a, b], [(50,), (101,)])
+    with pytest.raises(TypeError):
+        core.StatsWindow.summaries([a], [("50",)])
+
+
 def test_clear(core):
     w = core.StatsWindow(4)
     w.record_many(np.arange(9.0))
