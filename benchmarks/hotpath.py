@@ -123,9 +123,11 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
             q = q_cls(0, True)
             futs = [future_cls() for _ in rows]
             pairs = list(zip(rows, futs))
-            put = q.put
+            # The façade's fast path: put_row (row checked and put in one core call).
+            q.set_row_schema(rows[0].dtype, rows[0].shape)
+            put = q.put_row
             t0 = perf_ns()
-            [put(x, f, 1, nbytes, 2, None) for x, f in pairs]
+            [put(x, f, None) for x, f in pairs]
             t1 = perf_ns()
             b0 = perf_ns()
             [None for x, f in pairs]
@@ -168,8 +170,9 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
                     [f.set_result(r) for f, r in zip(futures, pieces)]
                 t6 = perf_ns()
                 start_ns = end_ns = mono()
-                stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=BATCH, items=BATCH,
-                                   failed=0, queue_length=len(q), enqueue_ns=stamps)
+                stats.count_batch(BATCH, BATCH, 0)
+                stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=BATCH,
+                                   queue_length=len(q), enqueue_ns=stamps)
                 t7 = perf_ns()
                 sizer.observe(end_ns / 1e9, (end_ns - start_ns) / 1e9, BATCH, q.queued_samples)
                 t8 = perf_ns()

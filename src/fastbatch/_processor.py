@@ -398,6 +398,11 @@ class BatchProcessor(Generic[T, R]):
             samples, sample_shape = item.shape[0], item.shape[1:]
             if samples == 0:
                 raise ValueError(f"a mini-batch of 0 samples (shape {_shape(item.shape)}) cannot be batched")
+        # Before the schema is fixed: an item refused for its size must not let later
+        # rows of its shape skip this check through the fast paths.
+        if self._max_bytes and item.nbytes > self._max_bytes:
+            raise ValueError(f"item of {item.nbytes} bytes exceeds the batch byte budget "
+                             f"max_batch_memory_mb={self.config.max_batch_memory_mb} ({self._max_bytes} bytes)")
         if self._kind is None:
             with self._lock:
                 if self._kind is None:
@@ -419,9 +424,6 @@ class BatchProcessor(Generic[T, R]):
             raise BatchShapeError(f"item has sample shape {_shape(sample_shape)} (array shape "
                                   f"{_shape(item.shape)}) but the batch has sample shape "
                                   f"{_shape(self._sample_shape)}")
-        if self._max_bytes and item.nbytes > self._max_bytes:
-            raise ValueError(f"item of {item.nbytes} bytes exceeds the batch byte budget "
-                             f"max_batch_memory_mb={self.config.max_batch_memory_mb} ({self._max_bytes} bytes)")
         return int(samples), item.nbytes
 
     # -- control and observation ----------------------------------------------------------

@@ -435,3 +435,14 @@ def test_bad_deadlines_refused(make_processor, deadline):
     processor = make_processor(lambda b: b)
     with pytest.raises(ValueError, match="deadline must be None or a number of seconds > 0"):
         processor.enqueue_predict(np.zeros(1), deadline=deadline)
+
+
+def test_oversized_first_row_fixes_no_schema_and_later_ones_are_refused_too(make_processor):
+    processor = make_processor(lambda b: b, max_batch_memory_mb=0.001)  # 1048 bytes
+    for _ in range(3):
+        with pytest.raises(ValueError, match="exceeds the batch byte budget"):
+            processor.enqueue_predict(np.zeros(1000))
+        with pytest.raises(ValueError, match="exceeds the batch byte budget"):
+            processor.enqueue(np.zeros(1000))
+    assert processor.enqueue_predict(np.zeros(10)).result(timeout=5).shape == (10,)
+    assert processor.get_stats()["total_submitted"] == 1
