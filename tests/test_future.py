@@ -38,9 +38,9 @@ def test_lifecycle_matches_stdlib():
 
 def test_result_timeout():
     f = BatchFuture()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(cf.TimeoutError):  # the builtin TimeoutError from 3.11 on
         f.result(timeout=0.01)
-    with pytest.raises(TimeoutError):
+    with pytest.raises(cf.TimeoutError):
         f.exception(timeout=0)
 
 

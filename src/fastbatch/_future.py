@@ -400,7 +400,7 @@ def add_note(exc: BaseException, note: str) -> None:
         if not isinstance(notes, list):
             notes = []
             try:
-                exc.__notes__ = notes
+                setattr(exc, "__notes__", notes)  # noqa: B010 - not in 3.10's typeshed
             except AttributeError:
                 return
         notes.append(note)
