@@ -212,6 +212,7 @@ cdef enum:
     OP_RESUME = 3
 
 cdef struct QueueInfo:
+    uint64_t puts
     Py_ssize_t count
     int64_t samples
     int64_t nbytes
@@ -626,6 +627,7 @@ cdef class RequestQueue:
         elif op == OP_RESUME:
             wake_all = self._paused
             self._paused = False
+        info.puts = self._seq
         info.count = self._count
         info.samples = self._samples
         info.nbytes = self._bytes
@@ -683,7 +685,7 @@ cdef class RequestQueue:
     @property
     def total_puts(self):
         """Requests accepted by ``put`` since the queue was created."""
-        return self._seq
+        return self._control(OP_READ).puts  # under the lock: _push writes it without the GIL
 
     def __len__(self):
         """Number of queued requests."""

@@ -491,9 +491,9 @@ class BatchAssembler:
     __slots__ = ("_allocations", "_buf", "_offsets", "_rows", "_total")
 
     def __init__(self) -> None:
-        self._buf: np.ndarray | None = None
+        self._buf: npt.NDArray[Any] | None = None
         self._allocations = 0
-        self._offsets = np.zeros(1, dtype=np.int64)
+        self._offsets: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
         self._offsets.flags.writeable = False
         self._rows: list[bool] = []  # per item of the last batch: was it a 1-D row?
         self._total = 0
@@ -591,7 +591,7 @@ class BatchAssembler:
         self._total = total
         return batch
 
-    def _reserve(self, nbytes: int) -> np.ndarray:
+    def _reserve(self, nbytes: int) -> npt.NDArray[Any]:
         # The current buffer when it is big enough and nobody else refers to it, else a
         # new one, grown geometrically.
         if self._buf is not None:

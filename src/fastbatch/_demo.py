@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend
 from ._config import BatchProcessorConfig
@@ -41,10 +42,10 @@ class MLP:
         self.w3 = rng.standard_normal((hidden, 16), dtype=np.float32) / np.sqrt(hidden)
         self.width = width
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
         h = np.maximum(x @ self.w1, 0.0)
         h = np.maximum(h @ self.w2, 0.0)
-        out: np.ndarray = h @ self.w3
+        out: npt.NDArray[Any] = h @ self.w3
         return out
 
 
@@ -61,9 +62,9 @@ def _seed_example(out: Callable[[str], None], bar: Callable[[str, int], Progress
     rng = np.random.default_rng(1)
     items = [rng.random(10) for _ in range(1000)]
     with bar("seed example", len(items)) as progress, \
-            BatchProcessor[np.ndarray, np.ndarray](config, name="seed-example") as processor:
+            BatchProcessor[npt.NDArray[Any], npt.NDArray[Any]](config, name="seed-example") as processor:
 
-        def times_two(batch: np.ndarray) -> np.ndarray:
+        def times_two(batch: npt.NDArray[Any]) -> npt.NDArray[Any]:
             progress.advance(len(batch))
             return batch * 2
 
@@ -78,8 +79,8 @@ def _seed_example(out: Callable[[str], None], bar: Callable[[str, int], Progress
         raise SystemExit(f"demo failed: {wrong} wrong results")
 
 
-def _unbatched(model: MLP, inputs: np.ndarray, progress: ProgressBar,
-               budget_s: float = _UNBATCHED_BUDGET_S) -> tuple[float, np.ndarray, np.ndarray]:
+def _unbatched(model: MLP, inputs: npt.NDArray[Any], progress: ProgressBar,
+               budget_s: float = _UNBATCHED_BUDGET_S) -> tuple[float, npt.NDArray[Any], npt.NDArray[Any]]:
     """The alternative: one model call per request, back to back on one thread.
 
     Stops early when ``budget_s`` seconds have passed; returns the wall time and the
@@ -105,7 +106,7 @@ def _stamp(store: list[int], i: int, _future: Any) -> None:
     store[i] = time.perf_counter_ns()
 
 
-def _batched(processor: BatchProcessor[np.ndarray, np.ndarray], inputs: np.ndarray, producers: int,
+def _batched(processor: BatchProcessor[npt.NDArray[Any], npt.NDArray[Any]], inputs: npt.NDArray[Any], producers: int,
              start_ns: list[int], done_ns: list[int]) -> tuple[float, list[Any]]:
     """``producers`` clients, each with up to 64 requests in flight, send their share.
 
@@ -177,9 +178,9 @@ def _model_demo(out: Callable[[str], None], bar: Callable[[str, int], ProgressBa
     sizes: list[int] = []
     start_ns, done_ns = [0] * n_items, [0] * n_items
     with bar("batched", n_items) as progress, \
-            BatchProcessor[np.ndarray, np.ndarray](config, name="mlp") as processor:
+            BatchProcessor[npt.NDArray[Any], npt.NDArray[Any]](config, name="mlp") as processor:
 
-        def batched_model(batch: np.ndarray) -> np.ndarray:
+        def batched_model(batch: npt.NDArray[Any]) -> npt.NDArray[Any]:
             sizes.append(len(batch))  # only the worker thread calls this
             result = model(batch)
             progress.advance(len(batch))

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend
 
@@ -87,7 +88,7 @@ class BatchStats:
         end_ns: int,
         samples: int,
         queue_length: int,
-        enqueue_ns: np.ndarray,
+        enqueue_ns: npt.NDArray[Any],
     ) -> None:
         """Record one finished batch's times and sizes (times from the core clock)."""
         if not self.enabled:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend
 from ._adaptive import BatchSizer
@@ -121,7 +122,7 @@ class Worker:
         self.stats.record_cancelled(cancelled)
         self.stats.record_dropped(done)
 
-    def _run_batch(self, items: list[Any], futures: list[Any], enqueue_ns: np.ndarray,
+    def _run_batch(self, items: list[Any], futures: list[Any], enqueue_ns: npt.NDArray[Any],
                    start_ns: int, queue_length: int) -> list[BaseException]:
         """Run one batch; returns the exceptions its items failed with."""
         # Items from enqueue() carry no future: such a batch needs no result split.
@@ -205,7 +206,7 @@ class Worker:
     # -- the three kinds of batch ---------------------------------------------------------
     # Each returns (results or None, {item index: exception} for the items that failed).
 
-    def _array_batch(self, items: list[np.ndarray], split: bool
+    def _array_batch(self, items: list[npt.NDArray[Any]], split: bool
                      ) -> tuple[list[Any] | None, dict[int, BaseException], int]:
         self._samples = len(items)  # replaced by the real count once the batch is assembled
         results, errors = self._run_isolated(self._run_arrays, items, split)

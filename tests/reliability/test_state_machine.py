@@ -226,6 +226,10 @@ def test_processor_state_machine(core_name):
                 assert pending + cancelled_waiting == s["queue_size"] + held, (
                     f"{pending} pending + {cancelled_waiting} cancelled but queued != "
                     f"{s['queue_size']} queued + {held} held; {report}\nsteps: {self.steps()}")
+                if "items_in_flight" in s:  # the stats' own count of what the worker holds
+                    assert s["items_in_flight"] == held, (
+                        f"items_in_flight={s['items_in_flight']} but the function holds {held}; "
+                        f"steps: {self.steps()}")
                 assert s["total_processed"] == report.states["result"], f"{report}\nsteps: {self.steps()}"
                 assert s["total_failed"] == report.states["failed"], f"{report}\nsteps: {self.steps()}"
 
