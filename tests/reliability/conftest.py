@@ -12,91 +12,51 @@ of the session.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import fastbatch
-from fastbatch import _backend
-
-from fb_reliability import EXTENDED, FIGURES, fastbatch_threads, join_threads
+import fb_fixtures
+from fb_fixtures import Gate, processor_maker, stop_all, use_core
+from fb_reliability import EXTENDED, FIGURES
 
 
 @pytest.fixture(autouse=True)
 def backend(core: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    for name in ("RequestQueue", "BatchAssembler", "StatsWindow", "monotonic_ns"):
-        monkeypatch.setattr(_backend, name, getattr(core, name))
-    monkeypatch.setattr(_backend, "NAME", "compiled" if core.__name__.endswith("._core") else "python")
-    return core
+    return use_core(core, monkeypatch)
 
 
 @pytest.fixture
 def core_name(backend: Any) -> str:
     """``"compiled"`` or ``"python"``: the core a child interpreter must use."""
-    return "compiled" if backend.__name__.endswith("._core") else "python"
+    return fb_fixtures.core_name(backend)
+
+
+# Health monitor off unless asked; no retry delay; a batch is released at once.
+DEFAULTS = {"enable_health_monitoring": False, "retry_delay": 0.0, "batch_timeout": 0.0,
+            "min_batch_size": 1}
 
 
 @pytest.fixture
 def make_processor() -> Iterator[Callable[..., fastbatch.BatchProcessor]]:
-    """Build processors (health monitor off unless asked); stop them all at teardown.
+    """Build processors; stop them all at teardown.
 
     Teardown also checks that no ``fastbatch-`` thread is left once the processors are
     stopped (an abandoned worker gets a few seconds to finish its batch) and adds what
     is left to the session's "threads left" figure.
     """
-    made: list[fastbatch.BatchProcessor] = []
-
-    def make(func: Callable[[Any], Any] | None = None, **fields: Any) -> fastbatch.BatchProcessor:
-        fields.setdefault("enable_health_monitoring", False)
-        fields.setdefault("retry_delay", 0.0)
-        fields.setdefault("batch_timeout", 0.0)
-        fields.setdefault("min_batch_size", 1)
-        fields.setdefault("initial_batch_size", min(fields.get("max_batch_size", 200), 100))
-        processor = fastbatch.BatchProcessor(fastbatch.BatchProcessorConfig(**fields))
-        made.append(processor)
-        if func is not None:
-            processor.start(func)
-        return processor
-
-    yield make
-    for processor in made:
-        processor.stop(timeout=5)
-    leftover = join_threads(fastbatch_threads(), timeout=10)
+    made: list[Any] = []
+    yield processor_maker(made, DEFAULTS)
+    leftover = stop_all(made, join_timeout=10)
     FIGURES["threads_left"] += len(leftover)
     assert not leftover, f"threads left running: {leftover}"
 
 
-class Gate:
-    """A batch function the test can hold shut; records the batches it was given.
-
-    ``entered`` is set each time a batch arrives; ``release`` lets held batches through.
-    """
-
-    def __init__(self, func: Callable[[Any], Any] = lambda b: b * 2 + 1) -> None:
-        self.func = func
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.release.set()
-        self.batches: list[Any] = []
-        self.lock = threading.Lock()
-
-    def hold(self) -> None:
-        self.release.clear()
-        self.entered.clear()
-
-    def __call__(self, batch: Any) -> Any:
-        with self.lock:
-            self.batches.append(batch.copy() if hasattr(batch, "copy") else list(batch))
-        self.entered.set()
-        assert self.release.wait(30), "the test never released the gate"
-        return self.func(batch)
-
-
 @pytest.fixture
 def gate() -> Iterator[Gate]:
-    g = Gate()
+    g = Gate(lambda b: b * 2 + 1)  # the suite's oracle
     yield g
     g.release.set()  # a failed test must not leave the worker held
 

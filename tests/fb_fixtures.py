@@ -1,0 +1,85 @@
+"""Helpers shared by the processor, reliability and ecosystem conftests.
+
+Each suite keeps its own fixtures (their defaults differ on purpose: the reliability
+suite releases batches at once, the others linger 5 ms) but builds them from these.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+import fastbatch
+from fastbatch import _backend
+
+
+def use_core(core: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Patch ``core`` (``fastbatch._core`` or ``_core_py``) into the backend for one test."""
+    for name in ("RequestQueue", "BatchAssembler", "StatsWindow", "monotonic_ns"):
+        monkeypatch.setattr(_backend, name, getattr(core, name))
+    monkeypatch.setattr(_backend, "NAME", core_name(core))
+    return core
+
+
+def core_name(core: Any) -> str:
+    return "compiled" if core.__name__.endswith("._core") else "python"
+
+
+def processor_maker(stoppables: list[Any], defaults: dict[str, Any]) -> Callable[..., fastbatch.BatchProcessor]:
+    """A ``make(func=None, *, name=None, **fields)`` that remembers what it built."""
+
+    def make(func: Callable[[Any], Any] | None = None, *, name: str | None = None,
+             **fields: Any) -> fastbatch.BatchProcessor:
+        fields = {**defaults, **fields}
+        fields.setdefault("initial_batch_size", min(fields.get("max_batch_size", 200), 100))
+        processor = fastbatch.BatchProcessor(fastbatch.BatchProcessorConfig(**fields), name=name)
+        stoppables.append(processor)
+        if func is not None:
+            processor.start(func)
+        return processor
+
+    return make
+
+
+def stop_all(stoppables: list[Any], join_timeout: float = 5.0) -> list[str]:
+    """Stop everything built; returns the ``fastbatch-`` threads still alive after that."""
+    for obj in stoppables:
+        obj.stop(timeout=5)
+    for thread in threading.enumerate():
+        if thread.name.startswith("fastbatch-"):
+            thread.join(join_timeout)  # an abandoned worker finishing its batch
+    return [t.name for t in threading.enumerate() if t.name.startswith("fastbatch-")]
+
+
+class Gate:
+    """A batch function that records its batches and can be held shut by the test.
+
+    ``entered`` is set each time a batch arrives; ``release`` lets held batches through.
+    """
+
+    def __init__(self, func: Callable[[Any], Any] = lambda b: b * 2) -> None:
+        self.func = func
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.batches: list[Any] = []
+        self.lock = threading.Lock()
+
+    def hold(self) -> None:
+        self.release.clear()
+        self.entered.clear()
+
+    def __call__(self, batch: Any) -> Any:
+        with self.lock:
+            self.batches.append(batch.copy() if hasattr(batch, "copy") else list(batch))
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the gate"
+        return self.func(batch)
+
+    def seen(self) -> list[float]:
+        """Every first column value the function was given (items are tagged by it)."""
+        with self.lock:
+            return [float(row[0]) for b in self.batches for row in b]
