@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from fastbatch import BatchFuture
+from fastbatch._counters import Counters
 from fastbatch._future import fail_futures, resolve_batch, start_batch
 
 
@@ -107,9 +108,14 @@ def test_start_batch_skips_cancelled_and_finished():
     futures = [BatchFuture(), None, BatchFuture(), BatchFuture()]
     futures[2].cancel()
     futures[3].set_exception(RuntimeError("failed by stop"))
-    assert start_batch(futures) == ([0, 1], 1, 1)  # keep, cancelled, finished while queued
+    counters = Counters()
+    counters.add(in_flight=4)  # the worker took the four items
+    assert start_batch(futures, counters) == [0, 1]
     assert futures[0].running() and futures[2]._state == "CANCELLED_AND_NOTIFIED"
-    assert start_batch([BatchFuture(), None]) == (None, 0, 0)
+    # The cancelled and the finished-while-queued one are counted as they leave the batch.
+    c = counters.snapshot()
+    assert (c["cancelled"], c["expired_dropped"], c["in_flight"]) == (1, 1, 2)
+    assert start_batch([BatchFuture(), None]) is None
 
 
 def test_resolve_batch_leaves_finished_futures_alone():
@@ -168,7 +174,7 @@ def test_cancel_races_start_batch():
         futures = [BatchFuture() for _ in range(200)]
         canceller = threading.Thread(target=lambda: [f.cancel() for f in futures[::-1]])
         canceller.start()
-        keep, _, _ = start_batch(futures)
+        keep = start_batch(futures)
         canceller.join()
         kept = range(200) if keep is None else keep
         resolve_batch([futures[i] for i in kept], [i for i in kept])

@@ -9,6 +9,7 @@ from ._config import BatchPriority, BatchProcessingStrategy, BatchProcessorConfi
 from ._decorator import batch
 from ._errors import (
     BatchDtypeError,
+    BatchFunctionExit,
     BatchShapeError,
     FastBatchError,
     ItemExpiredError,
@@ -17,6 +18,7 @@ from ._errors import (
     QueueClosedError,
     QueueFullError,
     ResultMismatchError,
+    SelfWaitError,
 )
 from ._future import BatchFuture
 from ._health import HealthSnapshot
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchDtypeError",
+    "BatchFunctionExit",
     "BatchFuture",
     "BatchPriority",
     "BatchProcessingStrategy",
@@ -42,6 +45,7 @@ __all__ = [
     "QueueClosedError",
     "QueueFullError",
     "ResultMismatchError",
+    "SelfWaitError",
     "__version__",
     "batch",
 ]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._config import BatchPriority
 from ._errors import QueueFullError
 from ._future import BatchFuture
+from ._intake import DEFAULT_PRIORITY, check_timeout
 
 if TYPE_CHECKING:
     from ._processor import BatchProcessor
@@ -33,27 +34,8 @@ _FIRST_DELAY_S = 0.0005
 _MAX_DELAY_S = 0.01
 
 
-def _check_timeout(timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be None or a number, not {type(timeout).__name__}")
-    if not timeout >= 0:  # also refuses NaN
-        raise ValueError(f"timeout must be None or a number >= 0, not {timeout!r}")
-    return float(timeout)
-
-
-def _has_room(processor: BatchProcessor[Any, Any]) -> bool:
-    """Whether a non-blocking put would find room (racy: only decides whether to try)."""
-    queue = processor._queue
-    if queue is None or queue.closed:
-        return True  # not running: let _put raise ProcessorStoppedError
-    capacity = queue.capacity
-    return not capacity or len(queue) < capacity
-
-
 async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
-                       priority: BatchPriority | int = BatchPriority.NORMAL,
+                       priority: BatchPriority | int = DEFAULT_PRIORITY,
                        timeout: float | None = None,
                        deadline: float | None = None) -> BatchFuture[R]:
     """Queue ``item`` without blocking the event loop and return its future once queued.
@@ -77,12 +59,13 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
             priority.
         asyncio.CancelledError: the task was cancelled; the item was not queued.
     """
-    timeout = _check_timeout(timeout)
-    future: BatchFuture[R] = BatchFuture()
+    timeout = check_timeout(timeout)
+    intake = processor._intake
+    future: BatchFuture[R] = BatchFuture(intake.run)
     # First attempt straight away: the common case costs one put and no await.
-    if timeout == 0 or _has_room(processor):
+    if timeout == 0 or intake.has_room():
         try:
-            processor._put(item, future, 0, priority, deadline)
+            intake.put(item, future, 0, priority, deadline)
             return future
         except QueueFullError:
             if timeout == 0:
@@ -96,7 +79,7 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
             if remaining <= 0:
                 try:
                     # One last try; a refusal here is the one total_refused counts.
-                    processor._put(item, future, 0, priority, deadline)
+                    intake.put(item, future, 0, priority, deadline)
                 except QueueFullError:
                     raise QueueFullError(
                         f"the queue stayed full ({processor.config.max_queue_size} items) "
@@ -107,9 +90,9 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
         delay = min(delay * 2, _MAX_DELAY_S)
         # Only try when there is room, so that waiting does not count as refusals; a
         # producer that takes the room between the check and the put costs a retry.
-        if _has_room(processor):
+        if intake.has_room():
             try:
-                processor._put(item, future, 0, priority, deadline)
+                intake.put(item, future, 0, priority, deadline)
                 return future
             except QueueFullError:
                 continue
@@ -135,7 +118,7 @@ async def result_async(future: BatchFuture[R]) -> R:
 
 
 async def enqueue_async(processor: BatchProcessor[Any, R], item: Any, *,
-                        priority: BatchPriority | int = BatchPriority.NORMAL,
+                        priority: BatchPriority | int = DEFAULT_PRIORITY,
                         timeout: float | None = None, deadline: float | None = None) -> R:
     """Queue ``item`` and await its result, never blocking the event loop.
 

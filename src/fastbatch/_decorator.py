@@ -103,7 +103,9 @@ class BatchedFunction(Generic[T, R]):
                 setattr(self, attr, getattr(func, attr))
         self.func = func
         name = name or getattr(func, "__qualname__", None) or type(func).__name__
-        self._runner: _Runner[T, R] = _Runner(BatchProcessor(config, name=name), func)
+        processor: BatchProcessor[T, R] = BatchProcessor(config, name=name)
+        processor._managed = True  # our finalizer below stops it
+        self._runner: _Runner[T, R] = _Runner(processor, func)
         self._finalizer = weakref.finalize(self, self._runner.close, _EXIT_STOP_TIMEOUT_S)
 
     @property

@@ -48,3 +48,21 @@ class ItemTimeoutError(FastBatchError, TimeoutError):
 
 class ItemExpiredError(ItemTimeoutError):
     """An item's deadline passed while it was still queued; it never reached the function."""
+
+
+class BatchFunctionExit(FastBatchError):
+    """The batch function raised a ``BaseException`` that is not an ``Exception``.
+
+    ``SystemExit``, ``KeyboardInterrupt``, ``GeneratorExit`` and the like raised inside the
+    batch function are meant for the thread that raised them, not for every caller whose
+    item was in the batch: each of the batch's futures fails with this error instead,
+    the original as its ``__cause__``. The worker goes on with the next batch.
+    """
+
+
+class SelfWaitError(FastBatchError, RuntimeError):
+    """The batch function waited on a future of its own processor.
+
+    That item can only be processed once the running batch returns: the wait would block
+    until its timeout (or for ever), so it fails at once.
+    """

@@ -27,6 +27,8 @@ from concurrent.futures._base import (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHE
                                       RUNNING)
 from typing import Any, Generic, TypeVar, cast
 
+from ._errors import SelfWaitError
+
 logger = logging.getLogger("fastbatch")
 _cf_logger = logging.getLogger("concurrent.futures")
 
@@ -62,11 +64,14 @@ class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-a
 
     # Two slots written at creation, two per resolution: the worker resolves every future
     # of a batch, and slot writes neither allocate nor hash.
-    __slots__ = ("_state", "_result", "_x")
+    __slots__ = ("_state", "_result", "_x", "_owner")
 
-    def __init__(self) -> None:  # no super().__init__(): it builds the Condition we defer
+    def __init__(self, owner: Any = None) -> None:  # no super().__init__(): it builds the Condition we defer
         self._state = PENDING
         self._x: _Extras | None = None  # _result is written when the future finishes
+        # The run that will resolve it (or None): lets a wait from that run's own batch
+        # function fail at once instead of deadlocking until its timeout.
+        self._owner = owner
 
     # -- what the stdlib's wait() / as_completed() reach into ----------------------------
 
@@ -187,6 +192,12 @@ class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-a
 
     def _wait_done(self, timeout: float | None) -> None:
         if self._state not in _DONE:
+            owner = self._owner
+            if owner is not None and owner.runs_batches_on(threading.current_thread()):
+                raise SelfWaitError(
+                    f"the batch function of BatchProcessor {owner.name!r} waits on a future of "
+                    "its own processor: that item can only be processed after the running batch "
+                    "returns, so the wait could never succeed")
             cond = self._condition
             with cond:
                 cond.wait_for(self.done, timeout)
@@ -260,13 +271,14 @@ def _apply_finish(f: BatchFuture[Any], result: Any, event: str) -> str | None:
 
 # -- whole-batch transitions (the worker's hot path) ----------------------------------------
 
-def start_batch(futures: Sequence[Any]) -> tuple[list[int] | None, int, int]:
-    """Mark a batch's futures running: ``(indices to keep or None for all, cancelled, done)``.
+def start_batch(futures: Sequence[Any], counters: Any = None) -> list[int] | None:
+    """Mark a batch's futures running; returns the indices to keep, or None for all.
 
     Cancelled futures are moved to "cancelled and notified" (what ``wait`` and
     ``as_completed`` look for) and left out, as are futures finished while queued (an
-    expired deadline): ``done`` counts those. One ``_LOCK`` for the batch; futures that
-    somebody waits on (they have a condition) change state under it, one by one.
+    expired deadline); ``counters`` counts both (the items were taken from the queue).
+    One ``_LOCK`` for the batch; futures that somebody waits on (they have a condition)
+    change state under it, one by one.
     """
     dropped: list[int] = []
     watched: list[int] = []
@@ -286,59 +298,69 @@ def start_batch(futures: Sequence[Any]) -> tuple[list[int] | None, int, int]:
         if futures[i]._change(_apply_start) != "run":
             dropped.append(i)
     if not dropped:
-        return None, 0, 0
-    cancelled = sum(1 for i in dropped if futures[i]._state == CANCELLED_AND_NOTIFIED)
+        return None
+    if counters is not None:
+        cancelled = sum(1 for i in dropped if futures[i]._state == CANCELLED_AND_NOTIFIED)
+        counters.add(cancelled=cancelled, expired_dropped=len(dropped) - cancelled,
+                     in_flight=-len(dropped))
     gone = set(dropped)
-    return [i for i in range(len(futures)) if i not in gone], cancelled, len(dropped) - cancelled
+    return [i for i in range(len(futures)) if i not in gone]
 
 
 def expire_pending(futures: Iterable[Any], exc: BaseException,
                    run_callbacks: Callable[[list[Any]], None] | None = None,
-                   on_expire: Callable[[], None] | None = None) -> int:
+                   counters: Any = None) -> int:
     """Fail the futures that are still queued (not running, not done) with ``exc``.
 
-    ``on_expire`` runs under the state lock just before each failure, so a counter it
-    bumps is never behind what an observer of the future can see.
+    Each is counted as expired in ``counters`` under the state lock, before its state
+    changes, so the count is never behind what an observer of the future can see.
     """
-    return fail_futures(futures, exc, only_pending=True, run_callbacks=run_callbacks, on_fail=on_expire)
+    return fail_futures(futures, exc, only_pending=True, run_callbacks=run_callbacks,
+                        counters=counters, outcome="expired")
 
 
-def _apply_resolve(f: BatchFuture[Any], result: Any) -> str | None:
+def _apply_resolve(f: BatchFuture[Any], result: Any, counters: Any) -> str | None:
     if f._state != RUNNING:
         return None  # finished already (failed by stop past its deadline)
+    if counters is not None:
+        counters.settle("processed", True)
     f._result = result
     f._state = FINISHED
     return "add_result"
 
 
 def resolve_batch(futures: Sequence[Any], results: Sequence[Any],
-                  run_callbacks: Callable[[list[Any]], None] | None = None) -> int:
+                  run_callbacks: Callable[[list[Any]], None] | None = None,
+                  counters: Any = None) -> int:
     """Give each running future its result; returns how many were set.
 
     A future that is finished already (failed by ``stop`` past its deadline) keeps its
-    state. Waiters and done-callbacks run after ``_LOCK`` is released; a callback that
-    raises ``BaseException`` is logged and the rest still run.
+    state. ``counters`` counts the results as processed (and no longer in flight) under
+    ``_LOCK``, before any state is written. Waiters and done-callbacks run after
+    ``_LOCK`` is released; a callback that raises ``BaseException`` is logged and the
+    rest still run.
     """
     callbacks: list[Any] = []
     watched: list[tuple[Any, Any]] = []
-    n = 0
     with _LOCK:
+        ready: list[tuple[Any, Any, Any]] = []
         for f, r in zip(futures, results):
             if f is not None and f._state == RUNNING:
                 x = f._x
-                if x is None:
-                    f._result = r
-                    f._state = FINISHED
-                    n += 1
-                elif x.cond is not None:
+                if x is not None and x.cond is not None:
                     watched.append((f, r))
                 else:
-                    f._result = r
-                    f._state = FINISHED
-                    n += 1
-                    callbacks.append(f)
+                    ready.append((f, r, x))
+        n = len(ready)
+        if counters is not None and n:
+            counters.add(processed=n, in_flight=-n)
+        for f, r, x in ready:
+            f._result = r
+            f._state = FINISHED
+            if x is not None:
+                callbacks.append(f)
     for f, r in watched:
-        if f._change(lambda g, r=r: _apply_resolve(g, r)) is not None:
+        if f._change(lambda g, r=r: _apply_resolve(g, r, counters)) is not None:
             n += 1
             callbacks.append(f)
     _dispatch(callbacks, run_callbacks)
@@ -359,16 +381,22 @@ def _dispatch(finished: list[Any], run_callbacks: Callable[[list[Any]], None] | 
             logger.exception("fastbatch: a done-callback of %r raised", f)
 
 
-def _apply_fail(f: BatchFuture[Any], failure: _Failure, only_pending: bool,
-                on_fail: Callable[[], None] | None = None) -> str | None:
+def _apply_fail(f: BatchFuture[Any], failure: _Failure, only_pending: bool, counters: Any,
+                outcome: str, taken: bool, leaving: bool) -> str | None:
     state = f._state
+    if state == FINISHED:
+        if leaving and counters is not None:  # expired while queued, leaving the queue now
+            counters.add(expired_dropped=1, in_flight=-1 if taken else 0)
+        return None
     if state == PENDING or (state == RUNNING and not only_pending):
-        if on_fail is not None:
-            on_fail()
+        if counters is not None:
+            counters.settle(outcome, taken)
         f._result = failure
         f._state = FINISHED
         return "add_exception"
     if state == CANCELLED and not only_pending:
+        if counters is not None:
+            counters.settle("cancelled", taken)
         f._state = CANCELLED_AND_NOTIFIED
         return "add_cancelled"
     return None
@@ -376,27 +404,43 @@ def _apply_fail(f: BatchFuture[Any], failure: _Failure, only_pending: bool,
 
 def fail_futures(futures: Iterable[Any], exc: BaseException, only_pending: bool = False,
                  run_callbacks: Callable[[list[Any]], None] | None = None,
-                 on_fail: Callable[[], None] | None = None) -> int:
+                 counters: Any = None, outcome: str = "failed", taken: bool = False,
+                 leaving: bool = False) -> int:
     """Fail every unfinished future with ``exc``; returns how many were failed.
 
     A cancelled future is moved to "cancelled and notified" instead. With
-    ``only_pending``, running and cancelled futures are left alone.
+    ``only_pending``, running and cancelled futures are left alone. ``counters`` counts
+    each change (as ``outcome``, or as cancelled) before it is made; ``taken``: the
+    items had been taken for a batch (they leave the in-flight count); ``leaving``: the
+    futures are leaving the queue unrun, so a finished one (expired while queued) is
+    counted as such.
     """
     failure = _Failure(exc)
     finished = []
     for f in futures:
-        if f is not None and f._change(lambda g: _apply_fail(g, failure, only_pending, on_fail)) == "add_exception":
+        if f is not None and f._change(
+                lambda g: _apply_fail(g, failure, only_pending, counters, outcome, taken, leaving)
+        ) == "add_exception":
             finished.append(f)
     _dispatch(finished, run_callbacks)
     return len(finished)
 
 
+_NOTE_PREFIX = "fastbatch: "
+
+
 def add_note(exc: BaseException, note: str) -> None:
-    """``exc.add_note`` on 3.11+, the same ``__notes__`` attribute on 3.10."""
+    """``exc.add_note`` on 3.11+, the same ``__notes__`` attribute on 3.10.
+
+    ``note`` starts with "fastbatch: ". An exception instance the function raises again
+    and again (a module-level one, say) must not pile up our notes: see ``forget_notes``.
+    """
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list) and note in notes:
+        return
     if hasattr(exc, "add_note"):
         exc.add_note(note)
     else:  # pragma: no cover - Python 3.10
-        notes = getattr(exc, "__notes__", None)
         if not isinstance(notes, list):
             notes = []
             try:
@@ -404,3 +448,10 @@ def add_note(exc: BaseException, note: str) -> None:
             except AttributeError:
                 return
         notes.append(note)
+
+
+def forget_notes(exc: BaseException) -> None:
+    """Remove the notes fastbatch added to ``exc`` for an earlier batch."""
+    notes = getattr(exc, "__notes__", None)
+    if isinstance(notes, list) and any(isinstance(n, str) and n.startswith(_NOTE_PREFIX) for n in notes):
+        notes[:] = [n for n in notes if not (isinstance(n, str) and n.startswith(_NOTE_PREFIX))]

@@ -74,10 +74,11 @@ class HealthMonitor:
         self._thread: threading.Thread | None = None
         self._active: dict[str, str] = {}  # reason kind -> level reported; monitor thread only
 
-    def start(self) -> None:
-        """Start the periodic checks on their own thread."""
+    def start(self) -> threading.Thread:
+        """Start the periodic checks on their own thread; returns the thread."""
         self._thread = threading.Thread(target=self._run, name=f"fastbatch-health-{self.name}", daemon=True)
         self._thread.start()
+        return self._thread
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the periodic checks and join the thread."""

@@ -1,8 +1,9 @@
 """Statistics: ``BatchStats`` keeps the windows and counters behind ``get_stats()``.
 
-The worker is the only writer of the windows and of the completion counters; readers get
-snapshots computed by the core's ``StatsWindow`` (copy under a short lock, percentiles
-outside it), so reading statistics never stalls the worker.
+The worker is the only writer of the windows; readers get snapshots computed by the
+core's ``StatsWindow`` (copy under a short lock, percentiles outside it), so reading
+statistics never stalls the worker. The running totals live in one ``Counters`` object
+(``_counters``), shared with the processor.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _backend
+from ._counters import Counters
 
 #: Keys computed from the windows; with monitoring off they are reported as 0.0.
 WINDOW_KEYS = (
@@ -47,11 +49,13 @@ class BatchStats:
         enabled: when False, nothing is recorded in the windows (counters still count).
     """
 
-    def __init__(self, window: int = 100, item_window: int | None = None, enabled: bool = True) -> None:
+    def __init__(self, window: int = 100, item_window: int | None = None, enabled: bool = True,
+                 counters: Counters | None = None) -> None:
         if item_window is None:
             item_window = min(_ITEM_WINDOW_CAP, window * 100)
         core = _backend
         self.enabled = enabled
+        self.counters = counters if counters is not None else Counters()
         self._processing_ms = core.StatsWindow(window)
         self._batch_size = core.StatsWindow(window)
         self._queue_length = core.StatsWindow(window)
@@ -59,27 +63,31 @@ class BatchStats:
         self._queue_ms = core.StatsWindow(item_window)
         self._latency_ms = core.StatsWindow(item_window)
         self._last_end_s = math.nan
-        # Completion counters: written by the worker only.
-        self.batch_count = 0
-        self.total_processed = 0
-        self.total_samples = 0
-        self.total_failed = 0
-        self.total_cancelled = 0
-        self.batch_errors = 0
-        # Written from any thread (record_error from user code, refusals by producers).
-        self._lock = threading.Lock()
-        self._external_errors = 0
-        self._external_cancelled = 0
-        self.expired_dropped = 0  # expired items taken out of the queue (never run)
 
-    def count_batch(self, samples: int, processed: int, failed: int) -> None:
-        """Count a batch's outcome; the worker calls it *before* resolving the futures,
-        so that whoever sees a result also sees it counted."""
-        self.batch_count += 1
-        self.total_processed += processed
-        self.total_failed += failed
-        if processed:
-            self.total_samples += samples
+    # Read-only views of the totals, for code that reads them as attributes.
+    @property
+    def batch_count(self) -> int:
+        return int(self.counters.batches)
+
+    @property
+    def total_processed(self) -> int:
+        return int(self.counters.processed)
+
+    @property
+    def total_samples(self) -> int:
+        return int(self.counters.samples)
+
+    @property
+    def total_failed(self) -> int:
+        return int(self.counters.failed + self.counters.external_errors)
+
+    @property
+    def total_cancelled(self) -> int:
+        return int(self.counters.cancelled)
+
+    @property
+    def batch_errors(self) -> int:
+        return int(self.counters.batch_errors)
 
     def record_batch(
         self,
@@ -111,9 +119,7 @@ class BatchStats:
     ) -> None:
         """Seed API: record a batch from times in seconds (per-item or one for all)."""
         end_s = _backend.monotonic_ns() / 1e9
-        self.batch_count += 1
-        self.total_processed += batch_size
-        self.total_samples += batch_size
+        self.counters.add(batches=1, processed=batch_size, samples=batch_size)
         if not self.enabled:
             return
         self._processing_ms.record(processing_time * 1e3)
@@ -126,40 +132,16 @@ class BatchStats:
 
     def record_error(self, count: int = 1) -> None:
         """Seed API: count ``count`` failed items (thread-safe)."""
-        with self._lock:
-            self._external_errors += count
+        self.counters.add(external_errors=count)
 
-    def correct(self, processed: int, failed: int) -> None:
-        """Take back counts ``count_batch`` predicted for futures ``stop`` failed first."""
-        self.total_processed += processed
-        self.total_failed += failed
+    def get_stats(self, counts: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Snapshot of the window statistics and counters as a plain dict.
 
-    def record_cancelled(self, count: int) -> None:
-        """Count cancelled items taken out of the queue by ``stop`` (thread-safe)."""
-        if count:
-            with self._lock:
-                self._external_cancelled += count
-
-    def record_dropped(self, count: int) -> None:
-        """Count expired items taken out of the queue without running (thread-safe)."""
-        if count:
-            with self._lock:
-                self.expired_dropped += count
-
-    def get_stats(self) -> dict[str, Any]:
-        """Snapshot of the window statistics and counters as a plain dict."""
+        ``counts``: a ``Counters.snapshot()`` already taken (the processor takes one for
+        all of ``get_stats()``).
+        """
         stats: dict[str, Any] = dict.fromkeys(WINDOW_KEYS, 0.0)
-        failed = self.total_failed + self._external_errors
-        finished = self.total_processed + failed
-        stats.update(
-            batch_count=self.batch_count,
-            total_processed=self.total_processed,
-            total_samples=self.total_samples,
-            total_failed=failed,
-            total_cancelled=self.total_cancelled + self._external_cancelled,
-            batch_errors=self.batch_errors,
-            error_rate=failed / finished if finished else 0.0,
-        )
+        stats.update(totals(self.counters.snapshot() if counts is None else counts))
         if not self.enabled:
             return stats
         # One core call for the five windows: one copy each, one computation (without
@@ -193,3 +175,18 @@ class BatchStats:
         for window in (self._processing_ms, self._batch_size, self._queue_length,
                        self._batch_start_s, self._queue_ms, self._latency_ms):
             window.clear()
+
+
+def totals(c: dict[str, Any]) -> dict[str, Any]:
+    """The ``get_stats()`` keys computed from a ``Counters.snapshot()``."""
+    failed = c["failed"] + c["external_errors"]
+    finished = c["processed"] + failed
+    return {
+        "batch_count": c["batches"],
+        "total_processed": c["processed"],
+        "total_samples": c["samples"],
+        "total_failed": failed,
+        "total_cancelled": c["cancelled"],
+        "batch_errors": c["batch_errors"],
+        "error_rate": failed / finished if finished else 0.0,
+    }

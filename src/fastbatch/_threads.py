@@ -26,12 +26,14 @@ class CallbackRunner:
     callbacks, but never the batches that would unblock it.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, registry: set[threading.Thread]) -> None:
         self.name = name
+        self._registry = registry  # the run's threads: a callback calling stop() is ours
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self._busy = False  # the thread is running callbacks; written by it alone
 
     def submit(self, futures: Sequence[Any]) -> None:
         """Run the callbacks of ``futures`` (already finished) on the callback thread."""
@@ -45,27 +47,41 @@ class CallbackRunner:
                 if thread is None:
                     thread = self._thread = threading.Thread(
                         target=self._run, name=f"fastbatch-callbacks-{self.name}", daemon=True)
+                    self._registry.add(thread)
                     thread.start()
                 self._queue.put(list(futures))
         if thread is None:  # after stop(): nobody else will run them
             _invoke(futures)
 
-    def stop(self) -> None:
-        """Run what is pending, then end the thread and join it (unless called from it)."""
+    def stop(self, timeout: float | None = None) -> bool:
+        """Run what is pending, then end the thread and join it (unless called from it).
+
+        Returns False if the thread is still running a callback after ``timeout`` seconds
+        (a callback that blocks): it is a daemon thread, left to finish on its own.
+        """
         with self._lock:
             self._stopped = True
             thread = self._thread
             if thread is not None:
                 self._queue.put(_STOP)
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            thread.join(timeout)
+            # Not yet scheduled to see the stop is not "blocked": only a thread inside a
+            # callback is reported.
+            return not (thread.is_alive() and self._busy)
+        return True
 
     def _run(self) -> None:
         while True:
             futures = self._queue.get()
             if futures is _STOP:
                 return
-            _invoke(futures)
+            self._busy = True
+            try:
+                _invoke(futures)
+            finally:
+                self._busy = False
+            del futures
 
 
 def _invoke(futures: Sequence[Any]) -> None:
@@ -79,9 +95,10 @@ def _invoke(futures: Sequence[Any]) -> None:
 class ItemPool:
     """``max_workers`` daemon threads for the seed's one-call-per-item processing."""
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, registry: set[threading.Thread]) -> None:
         self.name = name
         self.size = size
+        self._registry = registry  # the run's batch-function threads
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
 
@@ -91,6 +108,7 @@ class ItemPool:
             thread = threading.Thread(target=self._run, daemon=True,
                                       name=f"fastbatch-item-{self.name}-{len(self._threads)}")
             self._threads.append(thread)
+            self._registry.add(thread)
             thread.start()
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._queue.put((fn, arg, future))

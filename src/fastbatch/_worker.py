@@ -1,9 +1,11 @@
 """The worker loop: take a batch, call the batch function, hand the results back.
 
-One ``Worker`` runs on one thread (``fastbatch-worker-<name>``). It owns the assembler,
-the completion counters of ``BatchStats`` and the in-flight bookkeeping; everything it
-shares with other threads is either thread-safe by itself (the queue, the sizer, events)
-or a single attribute it alone writes (``batch_started_ns``, ``inflight``).
+One ``Worker`` runs on one thread (``fastbatch-worker-<name>``) for one run, and holds
+that run, never the processor. It owns the assembler and the batch windows of
+``BatchStats``; what it shares with other threads is thread-safe by itself (the queue,
+the sizer, the counters, events) or written by it alone (``batch_started_ns``), except
+``inflight``, which it publishes under ``handoff`` so that a ``stop()`` past its deadline
+sees every taken item either in the batch or not taken at all.
 """
 
 from __future__ import annotations
@@ -11,9 +13,8 @@ from __future__ import annotations
 import concurrent.futures
 import gc
 import logging
-import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Set as AbstractSet
 from typing import Any
 
 import numpy as np
@@ -22,48 +23,44 @@ import numpy.typing as npt
 from . import _backend
 from ._adaptive import BatchSizer
 from ._config import BatchProcessorConfig
-from ._errors import ItemTimeoutError, ProcessorStoppedError, QueueClosedError, ResultMismatchError
-from ._future import add_note, fail_futures, resolve_batch, start_batch
+from ._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
+                      ResultMismatchError)
+from ._future import add_note, fail_futures, forget_notes, resolve_batch, start_batch
 from ._stats import BatchStats
-from ._threads import CallbackRunner, ItemPool
+from ._threads import ItemPool
 
 logger = logging.getLogger("fastbatch")
 
+# Failure isolation gives up after this many successive splits failing alike on both sides.
+_SAME_FAILURE_LEVELS = 3
+
 
 class Worker:
-    """Runs batches until the queue is closed and empty, or ``abort`` is set."""
+    """Runs batches until the run's queue is closed and empty, or the run is abandoned."""
 
-    def __init__(
-        self,
-        name: str,
-        config: BatchProcessorConfig,
-        func: Callable[[Any], Any],
-        queue: Any,
-        sizer: BatchSizer,
-        stats: BatchStats,
-        abort: threading.Event,
-        callbacks: CallbackRunner,
-    ) -> None:
-        self.name = name
+    def __init__(self, run: Any, config: BatchProcessorConfig, func: Callable[[Any], Any],
+                 sizer: BatchSizer, stats: BatchStats) -> None:
+        self.run = run
+        self.name = run.name
         self.config = config
         self.func = func
-        self.queue = queue
+        self.queue = run.queue
         self.sizer = sizer
         self.stats = stats
-        self.abort = abort
-        self.callbacks = callbacks
+        self.counters = run.counters
+        self.abort = run.abort
+        self.callbacks = run.callbacks
         self.assembler = _backend.BatchAssembler()
         self.max_bytes = config.max_batch_bytes
         # Read by the health monitor and stop(); written only here.
         self.batch_started_ns = 0
-        self.holding = 0  # items taken from the queue and not yet counted as finished
+        self.handoff = threading.Lock()  # taking a batch vs. abandoning the run
         self.inflight: tuple[Any, ...] = ()
         self._pool: ItemPool | None = None
         self._overran = False  # a per-item call outlived item_timeout
         self._batches_since_gc = 0
         self._samples = 0  # samples of the batch being run
-        self.on_exit: Callable[[], None] | None = None  # runs on this thread as it ends
-        self.thread = threading.Thread(target=self._run, name=f"fastbatch-worker-{name}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=f"fastbatch-worker-{self.name}", daemon=True)
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -72,17 +69,16 @@ class Worker:
             self._loop()
         except BaseException:  # noqa: BLE001 - must never die silently
             logger.exception("fastbatch: worker %s crashed; failing what is queued", self.name)
-            self.queue.close()
         finally:
             self.queue.close()
             _, futures, _ = self.queue.drain()
             self.fail_leftovers(futures, f"BatchProcessor {self.name!r} stopped before this item was processed")
+            del futures
             if self._pool is not None:
                 # A call stuck past item_timeout keeps its thread until it returns; we
                 # cannot kill it, so then we do not wait for it either.
                 self._pool.shutdown(wait=not self._overran)
-            if self.on_exit is not None:
-                self.on_exit()
+            self.run.worker_exited()
 
     def _loop(self) -> None:
         cfg = self.config
@@ -101,48 +97,49 @@ class Worker:
             if got is None:  # pragma: no cover - timeout=None never returns None
                 continue
             items, futures, enqueue_ns = got
-            self.holding = len(items)
             del got  # the loop must hold no item while it waits for the next batch
             start_ns = last_start_ns = _backend.monotonic_ns()
-            if self.abort.is_set():
-                self.fail_leftovers(futures, f"BatchProcessor {self.name!r} stopped before this item was processed")
-                self.holding = 0
-                break
-            failures = self._run_batch(items, futures, enqueue_ns, start_ns, len(queue))
+            self.counters.add(in_flight=len(items))
+            with self.handoff:
+                if self.abort.is_set():
+                    self.fail_leftovers(futures, f"BatchProcessor {self.name!r} stopped before this "
+                                                 "item was processed", taken=True)
+                    break
+                keep = start_batch(futures, self.counters) if futures.count(None) != len(futures) else None
+                if keep is not None:
+                    items = [items[i] for i in keep]
+                    futures = [futures[i] for i in keep]
+                    enqueue_ns = enqueue_ns[keep]
+                self.inflight = tuple(futures)
+            if items:
+                failures = self._run_batch(items, futures, enqueue_ns, start_ns, len(queue))
+                for exc in failures:
+                    _release_frames(exc)
+                del failures
+            self.inflight = ()
             del items, futures, enqueue_ns
-            for exc in failures:
-                _release_frames(exc)
 
-    def fail_leftovers(self, futures: list[Any], message: str) -> None:
-        """Fail items that will never run (thread-safe), keeping the counts honest."""
-        cancelled = sum(1 for f in futures if f is not None and f.cancelled())
-        done = sum(1 for f in futures if f is not None and f.done()) - cancelled  # expired while queued
-        failed = fail_futures(futures, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit)
-        self.stats.record_error(failed + futures.count(None))
-        self.stats.record_cancelled(cancelled)
-        self.stats.record_dropped(done)
+    def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> None:
+        """Fail items that will never run (thread-safe), counting each outcome once.
+
+        ``taken``: the items had been taken for a batch (counted in flight).
+        """
+        without = futures.count(None)
+        if without:
+            self.counters.add(failed=without, in_flight=-without if taken else 0)
+        if without != len(futures):
+            # Each future is counted as it changes, under its lock: failed, cancelled (by
+            # its caller, maybe a moment ago) or expired while queued.
+            fail_futures(futures, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
+                         counters=self.counters, taken=taken, leaving=True)
 
     def _run_batch(self, items: list[Any], futures: list[Any], enqueue_ns: npt.NDArray[Any],
                    start_ns: int, queue_length: int) -> list[BaseException]:
         """Run one batch; returns the exceptions its items failed with."""
         # Items from enqueue() carry no future: such a batch needs no result split.
         with_futures = futures.count(None) != len(futures)
-        if with_futures:
-            # Cancelled and expired items leave before the batch is formed.
-            keep, cancelled, done = start_batch(futures)
-            if keep is not None:
-                self.stats.total_cancelled += cancelled
-                self.stats.record_dropped(done)
-                self.holding = len(keep)
-                if not keep:
-                    return []
-                items = [items[i] for i in keep]
-                futures = [futures[i] for i in keep]
-                enqueue_ns = enqueue_ns[keep]
-            self.inflight = tuple(futures)
         self.batch_started_ns = start_ns
         samples = len(items)
-        failed = 0
         try:
             if isinstance(items[0], np.ndarray):
                 results, errors, samples = self._array_batch(items, with_futures)
@@ -151,35 +148,30 @@ class Worker:
             else:
                 results, errors = self._itemwise_batch(items)
         except BaseException as exc:  # noqa: BLE001 - the user's function: fail the batch
-            results, errors = None, dict.fromkeys(range(len(items)), exc)
+            results, errors = None, dict.fromkeys(range(len(items)), _as_failure(exc))
         finally:
             self.batch_started_ns = 0
-        # Counted and recorded before the futures learn their outcome, so that whoever
-        # sees a result sees it in the statistics. A future that stop() failed meanwhile
-        # (past its deadline) was counted by stop(): the correction takes it back out.
-        predicted_failed = len(errors)
-        predicted_processed = len(items) - predicted_failed
-        self.stats.count_batch(samples, predicted_processed, predicted_failed)
-        self.holding = 0
         end_ns = _backend.monotonic_ns()
+        # The batch is counted before any future learns its outcome, so that whoever
+        # sees a result sees its batch in the statistics; each item is counted as its
+        # future changes (futures stop() failed meanwhile are not counted twice).
+        without = futures.count(None)
+        no_future_failed = sum(1 for i in errors if futures[i] is None) if errors else 0
+        self.counters.add(batches=1, samples=samples if len(errors) < len(items) else 0,
+                          processed=without - no_future_failed, failed=no_future_failed,
+                          in_flight=-without)
         self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=samples, queue_length=queue_length,
                                 enqueue_ns=enqueue_ns)
         self.sizer.observe(end_ns / 1e9, (end_ns - start_ns) / 1e9, samples, self.queue.queued_samples)
-        failed = processed = 0
         if errors:
             if self.config.reduce_batch_on_failure:
                 self.sizer.shrink()
-            failed = self._fail_items(futures, errors)
-        if not with_futures:
-            processed = len(items) - len(errors)
-        elif results is not None:
+            self._fail_items(futures, errors)
+        if with_futures and results is not None:
             if errors:
                 futures = [f for i, f in enumerate(futures) if i not in errors]
                 results = [r for i, r in enumerate(results) if i not in errors]
-            processed = resolve_batch(futures, results, self.callbacks.submit) + futures.count(None)
-        if processed != predicted_processed or failed != predicted_failed:
-            self.stats.correct(processed - predicted_processed, failed - predicted_failed)
-        self.inflight = ()
+            resolve_batch(futures, results, self.callbacks.submit, self.counters)
         if self.config.enable_memory_optimization:
             self._batches_since_gc += 1
             if self._batches_since_gc >= self.config.gc_batch_threshold:
@@ -187,21 +179,19 @@ class Worker:
                 gc.collect(0)
         return list({id(e): e for e in errors.values()}.values()) if errors else []
 
-    def _fail_items(self, futures: list[Any], errors: dict[int, BaseException]) -> int:
-        """Fail the items in ``errors``; returns how many this call failed."""
+    def _fail_items(self, futures: list[Any], errors: dict[int, BaseException]) -> None:
+        """Fail the items in ``errors`` (those without a future were counted already)."""
         by_exc: dict[int, tuple[BaseException, list[Any]]] = {}
         for i, exc in errors.items():
             by_exc.setdefault(id(exc), (exc, []))[1].append(futures[i])
         for exc, _ in by_exc.values():
             _trim_traceback(exc)
-        failed = 0
         for exc, fs in by_exc.values():
+            fail_futures(fs, exc, run_callbacks=self.callbacks.submit, counters=self.counters, taken=True)
             without = fs.count(None)
-            failed += fail_futures(fs, exc, run_callbacks=self.callbacks.submit) + without
             if without:
                 # Items from enqueue() have no future: the log is the only place to report.
                 logger.error("fastbatch %s: %d item(s) failed: %r", self.name, without, exc)
-        return failed
 
     # -- the three kinds of batch ---------------------------------------------------------
     # Each returns (results or None, {item index: exception} for the items that failed).
@@ -235,7 +225,7 @@ class Worker:
     def _run_list(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any]:
         part = items if hi - lo == len(items) else items[lo:hi]
         result = self._call_with_retries(part, len(part)) if part is items else self.func(part)
-        _check_length(result, len(part))
+        _check_sequence(result, len(part))
         return list(result)
 
     def _run_isolated(self, run: Callable[[list[Any], int, int, bool], list[Any] | None],
@@ -245,13 +235,20 @@ class Worker:
         Each half of a failing range gets one call; a half that fails is split again,
         down to single items, within ``isolation_budget`` extra calls. One poisonous item
         in a batch of n costs about 2*log2(n) extra calls, about 2n samples of extra work.
+        Two things end the search early, because they are the function's fault, not an
+        item's: a result that cannot be split (``ResultMismatchError``: that range fails
+        as it is), and both halves failing with the same exception type as each other at
+        ``_SAME_FAILURE_LEVELS`` successive splits (a dead backend fails every call:
+        bisecting it would call it 2n times for nothing; it now costs 7 calls). Then every
+        item not yet served fails with the batch's first error. One level is not enough:
+        two poisonous items in different halves look the same at the first split.
         """
         n = len(items)
         try:
             whole = run(items, 0, n, split)
             return whole, {}
         except ResultMismatchError as exc:
-            return None, dict.fromkeys(range(n), exc)  # the function's bug, not an item's
+            return None, dict.fromkeys(range(n), exc)
         except Exception as exc:  # noqa: BLE001 - isolate below
             first: BaseException = exc
         cfg = self.config
@@ -260,9 +257,10 @@ class Worker:
         results: list[Any] = [None] * n
         errors: dict[int, BaseException] = {}
         budget = cfg.isolation_budget
-        failing = [(0, n, first)]
+        # (lo, hi, error, how many splits in a row above it failed on both sides alike)
+        failing = [(0, n, first, 0)]
         while failing:
-            lo, hi, error = failing.pop()
+            lo, hi, error, alike = failing.pop()
             if hi - lo == 1 or budget < 2 or self.abort.is_set():
                 if hi - lo < n:
                     add_note(error, f"fastbatch: failure isolation narrowed this failure down to "
@@ -270,22 +268,34 @@ class Worker:
                 errors.update(dict.fromkeys(range(lo, hi), error))
                 continue
             mid = (lo + hi) // 2
+            halves: list[tuple[int, int, BaseException]] = []
             for a, b in ((lo, mid), (mid, hi)):
                 budget -= 1
                 try:
                     part = run(items, a, b, split)
+                except ResultMismatchError as bad:
+                    errors.update(dict.fromkeys(range(a, b), bad))
                 except Exception as sub:  # noqa: BLE001 - narrowed further
-                    self.stats.batch_errors += 1
-                    failing.append((a, b, sub))
+                    self.counters.add(batch_errors=1)
+                    halves.append((a, b, sub))
                 else:
                     if part is not None:
                         results[a:b] = part
+            same = len(halves) == 2 and type(halves[0][2]) is type(halves[1][2])
+            if same and alike + 1 >= _SAME_FAILURE_LEVELS:
+                add_note(first, f"fastbatch: every part of this batch that was tried failed with "
+                                f"{type(error).__name__}: the batch function fails whatever the items, "
+                                "so no item was singled out")
+                for l0, h0 in [(lo, hi)] + [(f[0], f[1]) for f in failing]:
+                    errors.update(dict.fromkeys(range(l0, h0), first))
+                break
+            failing.extend((a, b, e, alike + 1 if same else 0) for a, b, e in halves)
         return results, errors
 
     def _itemwise_batch(self, items: list[Any]) -> tuple[list[Any], dict[int, BaseException]]:
         """Seed behaviour for non-array items: one call each on ``max_workers`` threads."""
         if self._pool is None:
-            self._pool = ItemPool(self.name, self.config.max_workers)
+            self._pool = ItemPool(self.name, self.config.max_workers, self.run.batch_threads)
         calls = [self._pool.submit(self._call_with_retries, item) for item in items]
         concurrent.futures.wait(calls, timeout=self.config.item_timeout)
         results: list[Any] = [None] * len(items)
@@ -296,7 +306,7 @@ class Worker:
                 if exc is None:
                     results[i] = call.result()
                 else:
-                    errors[i] = exc
+                    errors[i] = _as_failure(exc)
             else:
                 if not call.cancel():
                     self._overran = True
@@ -312,7 +322,9 @@ class Worker:
             try:
                 return self.func(arg)
             except Exception as exc:
-                self.stats.batch_errors += 1
+                self.counters.add(batch_errors=1)
+                if attempt == 1:
+                    forget_notes(exc)  # the same instance raised again: notes of this batch only
                 if attempt > cfg.max_retries or self.abort.is_set():
                     add_note(exc, f"fastbatch: a batch of {samples} samples failed "
                                   f"after {attempt} attempt(s)")
@@ -321,6 +333,21 @@ class Worker:
                 if cfg.retry_delay and self.abort.wait(cfg.retry_delay):
                     add_note(exc, "fastbatch: retries abandoned because the processor stopped")
                     raise
+
+
+def _as_failure(exc: BaseException) -> BaseException:
+    """What the batch's futures fail with when the batch function raised ``exc``.
+
+    A ``BaseException`` that is not an ``Exception`` (``SystemExit``, ``KeyboardInterrupt``
+    ...) is meant for the thread that raised it: re-raised in every caller's thread it
+    would exit or interrupt each of them. It is wrapped instead.
+    """
+    if isinstance(exc, Exception):
+        return exc
+    wrapped = BatchFunctionExit(f"the batch function raised {type(exc).__name__}({exc!s}); it is not "
+                                "re-raised in the callers' threads (see __cause__)")
+    wrapped.__cause__ = exc
+    return wrapped
 
 
 def _check_length(result: Any, samples: int) -> None:
@@ -334,7 +361,17 @@ def _check_length(result: Any, samples: int) -> None:
         raise ResultMismatchError(f"the batch function returned {n} results for a batch of {samples} samples")
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+def _check_sequence(result: Any, samples: int) -> None:
+    """A list batch's result: a sequence of one result per item, in the items' order."""
+    if isinstance(result, (str, bytes, bytearray, Mapping, AbstractSet)):
+        raise ResultMismatchError(f"the batch function returned {type(result).__name__}, which cannot be "
+                                  f"split by item (expected a sequence of {samples} results)")
+    _check_length(result, samples)
+
+
+def _ours(code_globals: dict[str, Any]) -> bool:
+    name = code_globals.get("__name__")
+    return isinstance(name, str) and (name == "fastbatch" or name.startswith("fastbatch."))
 
 
 def _trim_traceback(exc: BaseException) -> None:
@@ -342,10 +379,11 @@ def _trim_traceback(exc: BaseException) -> None:
 
     Those frames hold the batch's items (and the futures), and the exception lives on in
     every failed future: keeping them would keep the items alive for as long as a
-    caller keeps a future. The user's frames, where the error happened, stay.
+    caller keeps a future. The user's frames, where the error happened, stay. Frames
+    are recognised by their module's name, wherever the package is installed.
     """
     tb = exc.__traceback__
-    while tb is not None and os.path.dirname(os.path.abspath(tb.tb_frame.f_code.co_filename)) == _PACKAGE_DIR:
+    while tb is not None and _ours(tb.tb_frame.f_globals):
         tb = tb.tb_next
     exc.__traceback__ = tb
     for linked in (exc.__cause__, exc.__context__):
@@ -373,7 +411,7 @@ def _release_frames(exc: BaseException) -> None:
             frame = tb.tb_frame
             tb = tb.tb_next
         while frame is not None:
-            if os.path.dirname(os.path.abspath(frame.f_code.co_filename)) == _PACKAGE_DIR:
+            if _ours(frame.f_globals):
                 try:
                     frame.clear()
                 except RuntimeError:

@@ -79,20 +79,25 @@ def test_failure_keeps_size_when_asked(make_processor):
     assert processor.get_stats()["current_batch_size"] == 64
 
 
-def test_base_exception_fails_batch_and_worker_lives(make_processor):
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_base_exception_is_wrapped_never_reraised_in_callers(make_processor, exc):
     calls = []
 
     def func(batch):
         calls.append(len(batch))
         if len(calls) == 1:
-            raise SystemExit("the function tried to exit")
+            raise exc
         return batch
 
-    processor = make_processor(func, max_retries=3)
-    with pytest.raises(SystemExit):
-        processor.enqueue_predict(np.array([1.0])).result(timeout=5)
+    processor = make_processor(func, max_retries=3, max_batch_size=2, initial_batch_size=2,
+                               batch_timeout=5.0, processing_strategy="fixed")
+    futures = [processor.enqueue_predict(np.array([float(i)])) for i in range(2)]
+    for f in futures:
+        with pytest.raises(fastbatch.BatchFunctionExit, match=type(exc).__name__) as info:
+            f.result(timeout=5)
+        assert info.value.__cause__ is exc
     assert processor.enqueue_predict(np.array([2.0])).result(timeout=5)[0] == 2.0
-    assert calls == [1, 1]  # BaseException is not retried
+    assert calls == [2, 1]  # not retried, not bisected; the worker lives on
 
 
 @pytest.mark.parametrize("result, message", [
@@ -368,14 +373,50 @@ def test_failure_isolation_respects_its_budget(make_processor):
 
     def func(batch):
         calls.append(len(batch))
-        raise ValueError("everything fails")
+        # A different exception type on each side of every split: isolation goes on.
+        raise (ValueError if int(batch[0, 0]) // len(batch) % 2 == 0 else KeyError)(f"fails from {batch[0, 0]}")
 
     processor = make_processor(func, max_retries=0, max_batch_size=16, initial_batch_size=16,
                                batch_timeout=5.0, processing_strategy="fixed", isolation_budget=4)
     futures = [processor.enqueue_predict(np.array([float(i)])) for i in range(16)]
     concurrent.futures.wait(futures, timeout=10)
-    assert all(isinstance(f.exception(), ValueError) for f in futures)
+    assert all(isinstance(f.exception(), (ValueError, KeyError)) for f in futures)
     assert len(calls) == 1 + 4
+
+
+def test_a_function_that_fails_every_call_is_not_bisected(make_processor):
+    calls = []
+
+    def dead_backend(batch):
+        calls.append(len(batch))
+        raise ConnectionError("the model server is down")
+
+    processor = make_processor(dead_backend, max_retries=0, max_batch_size=32, initial_batch_size=32,
+                               batch_timeout=5.0, processing_strategy="fixed")
+    futures = [processor.enqueue_predict(np.array([float(i)])) for i in range(32)]
+    concurrent.futures.wait(futures, timeout=10)
+    # The whole batch, then both halves three times down one path: same failure, stop.
+    assert calls == [32, 16, 16, 8, 8, 4, 4]
+    exc = futures[0].exception()
+    assert isinstance(exc, ConnectionError)
+    assert all(f.exception() is exc for f in futures)
+    notes = "\n".join(exc.__notes__)
+    assert "the batch function fails whatever the items" in notes
+    assert "narrowed" not in notes
+    assert processor.get_stats()["total_failed"] == 32
+
+
+def test_one_exception_instance_raised_every_time_keeps_one_set_of_notes(make_processor):
+    shared = ValueError("always the same instance")
+
+    def func(batch):
+        raise shared
+
+    processor = make_processor(func, max_retries=1, retry_delay=0.0, max_batch_size=1,
+                               initial_batch_size=1, processing_strategy="fixed")
+    for i in range(3):
+        assert processor.enqueue_predict(np.array([float(i)])).exception(timeout=5) is shared
+    assert shared.__notes__ == ["fastbatch: a batch of 1 samples failed after 2 attempt(s)"]
 
 
 def test_failure_isolation_for_generic_lists(make_processor):
@@ -430,10 +471,11 @@ def test_default_deadline_and_enqueue_without_future(make_processor, gate):
     assert [b[0, 0] for b in gate.batches] == [0.0]
 
 
-@pytest.mark.parametrize("deadline", [0, -1.0, float("nan"), float("inf"), "1", True])
-def test_bad_deadlines_refused(make_processor, deadline):
+@pytest.mark.parametrize("deadline, error", [(0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                                             (float("inf"), ValueError), ("1", TypeError), (True, TypeError)])
+def test_bad_deadlines_refused(make_processor, deadline, error):
     processor = make_processor(lambda b: b)
-    with pytest.raises(ValueError, match="deadline must be None or a number of seconds > 0"):
+    with pytest.raises(error, match="deadline must be None or a number of seconds > 0"):
         processor.enqueue_predict(np.zeros(1), deadline=deadline)
 
 
@@ -446,3 +488,22 @@ def test_oversized_first_row_fixes_no_schema_and_later_ones_are_refused_too(make
             processor.enqueue(np.zeros(1000))
     assert processor.enqueue_predict(np.zeros(10)).result(timeout=5).shape == (10,)
     assert processor.get_stats()["total_submitted"] == 1
+
+
+@pytest.mark.parametrize("bad", [lambda items: {str(i): i for i in range(len(items))},
+                                 lambda items: set(range(len(items))),
+                                 lambda items: "x" * len(items)])
+def test_a_list_result_that_is_not_a_sequence_fails_once_without_isolation(make_processor, bad):
+    calls = []
+
+    def func(items):
+        calls.append(len(items))
+        return bad(items)
+
+    processor = make_processor(func, batch_generic_items=True, max_batch_size=8, initial_batch_size=8,
+                               batch_timeout=5.0, processing_strategy="fixed", max_retries=0)
+    futures = [processor.enqueue_predict(f"item-{i}") for i in range(8)]
+    for f in futures:
+        with pytest.raises(fastbatch.ResultMismatchError, match="cannot be split by item"):
+            f.result(timeout=5)
+    assert calls == [8]  # the function's bug: no bisection

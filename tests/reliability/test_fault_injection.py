@@ -144,7 +144,7 @@ def run_once(seed: int) -> tuple[dict[str, int], list[str]]:
     weights = [ok, 2 * rest, rest, rest, rest, rest, 2 * rest, rest * (rng.random() < 0.3)]
     if mode == "itemwise":
         weights[3:6] = [0.0, 0.0, 0.0]  # one call per item: any return value is a result
-    errors: tuple[type[BaseException], ...] = (Injected, Poison, fastbatch.ResultMismatchError,
+    errors: tuple[type[BaseException], ...] = (Injected, fastbatch.BatchFunctionExit, fastbatch.ResultMismatchError,
                                                fastbatch.ProcessorStoppedError)
     if mode == "itemwise":
         errors += (fastbatch.ItemTimeoutError,)

@@ -421,8 +421,10 @@ def test_with_block_drains(make_processor):
 EXIT_SCRIPT = textwrap.dedent("""
     import sys, threading
     import numpy as np
+    import fastbatch._processor
     from fastbatch import BatchProcessor, BatchProcessorConfig
 
+    fastbatch._processor.DROPPED_STOP_TIMEOUT_S = 0.3  # the exit drain of a stuck function
     mode = sys.argv[1]
     never = threading.Event()
     entered = threading.Event()
@@ -454,7 +456,12 @@ EXIT_SCRIPT = textwrap.dedent("""
         p.enqueue_predict(np.ones(2))
         assert entered.wait(5)
         p.enqueue_predict(np.ones(2))
-        threading.Thread(target=p.enqueue_predict, args=(np.ones(2),), daemon=True).start()
+        def blocked():
+            try:
+                p.enqueue_predict(np.ones(2))
+            except Exception as exc:  # the exit's stop() refuses it
+                assert "accepts no more items" in str(exc), exc
+        threading.Thread(target=blocked, daemon=True).start()
     elif mode in ("generic_items", "generic_list"):
         p.start(stall)
         futures = [p.enqueue_predict({"a": i}) for i in range(3)]
@@ -472,7 +479,31 @@ def test_interpreter_exit_without_stop_is_clean(core_name, mode):
     assert result.returncode is not None, f"the interpreter hung at exit:\n{result.stderr[-3000:]}"
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "main done"
-    assert result.stderr == ""
+    # The exit stops the processor (a bounded drain) and says so; nothing else is printed.
+    lines = result.stderr.splitlines()
+    assert lines and "was dropped without stop()" in lines[0], result.stderr
+    assert all(line.startswith("fastbatch") for line in lines), result.stderr
+
+
+def test_a_processor_dropped_without_stop_is_stopped_and_its_threads_end(make_processor, caplog):
+    import gc
+    import weakref
+
+    processor = fastbatch.BatchProcessor(fastbatch.BatchProcessorConfig(
+        max_batch_size=4, initial_batch_size=4, min_batch_size=1, health_check_interval=0.01))
+    processor.start(lambda b: b * 2)
+    futures = [processor.enqueue_predict(row(i)) for i in range(10)]
+    threads = processor_threads(processor)
+    assert threads
+    ref = weakref.ref(processor)
+    with caplog.at_level("WARNING", logger="fastbatch"):
+        del processor
+        gc.collect()
+    assert ref() is None, "the processor's own threads keep it alive"
+    assert "was dropped without stop()" in caplog.text
+    assert not join_threads(threads, timeout=5), "a dropped processor's threads did not end"
+    for i, f in enumerate(futures):  # what was queued was processed by the bounded drain
+        np.testing.assert_array_equal(f.result(timeout=0), row(i) * 2)
 
 
 # -- fork while running -------------------------------------------------------------------------

@@ -1,0 +1,204 @@
+"""``Run``: one ``start()`` → ``stop()`` lifetime of a processor, and its stop protocol.
+
+A run owns everything that lives and dies with it: the request queue, the worker, the
+health monitor, the deadline reaper, the callback runner and the set of threads they
+start. It never refers to the ``BatchProcessor``: a worker that outlives its run (its batch
+function overran ``stop(timeout)``) can only ever touch its own run, never the next one,
+and a processor nobody refers to any more can be collected and stopped (see
+``BatchProcessor``'s finalizer).
+
+The stop protocol, whoever calls it and however often:
+
+1. intake closes at once (the queue refuses puts);
+2. the caller waits up to ``timeout`` for the worker to drain the queue and exit;
+3. past it, the run is *abandoned*: what is queued and the batch in flight fail with
+   ``ProcessorStoppedError``; the worker gets ``STOP_GRACE_S`` to notice;
+4. the helpers stop; their threads are joined within what is left of the same grace.
+
+So ``stop(t)`` returns within ``t + STOP_GRACE_S`` (plus scheduling), and every future of
+the run is final when it returns, unless a user callback or batch function still runs.
+A ``stop()`` from one of the run's own threads (the batch function, a done-callback)
+cannot wait for itself: it returns at once and the worker finishes the stop as it exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import _backend
+from ._adaptive import BatchSizer
+from ._config import BatchProcessorConfig
+from ._counters import Counters
+from ._deadlines import DeadlineReaper
+from ._errors import ProcessorStoppedError
+from ._future import BatchFuture, fail_futures
+from ._health import HealthMonitor
+from ._stats import BatchStats
+from ._threads import CallbackRunner
+from ._worker import Worker
+
+logger = logging.getLogger("fastbatch")
+
+RUNNING, STOPPING, STOPPED = "running", "stopping", "stopped"
+
+#: How long past its ``timeout`` a ``stop()`` still waits for the run's threads.
+STOP_GRACE_S = 0.05
+# A stop finished by the worker itself (nobody waits for it) gives the helpers this long.
+_SELF_STOP_JOIN_S = 1.0
+
+
+class Run:
+    """One lifetime of a processor: started on creation, ended by :meth:`stop`."""
+
+    def __init__(self, name: str, config: BatchProcessorConfig, func: Callable[[Any], Any],
+                 sizer: BatchSizer, stats: BatchStats, counters: Counters, paused: bool) -> None:
+        self.name = name
+        self.counters = counters
+        self.state = RUNNING
+        self._lock = threading.Lock()  # guards state, _stoppers and _finished
+        self._stoppers: set[threading.Thread] = set()  # threads inside stop()
+        self._finished = False
+        self._forked = False
+        self._done = threading.Event()  # set once the helpers are stopped
+        self.abort = threading.Event()  # past the stop deadline: give up on the queue
+        # Threads that run the batch function (worker, per-item threads) and the others
+        # the run started; identity by object, never by name.
+        self.batch_threads: set[threading.Thread] = set()
+        self.helper_threads: set[threading.Thread] = set()
+        self.queue: Any = _backend.RequestQueue(config.max_queue_size, config.enable_priority_queue)
+        if paused:
+            self.queue.pause()
+        self.callbacks = CallbackRunner(name, self.helper_threads)
+        self.reaper = DeadlineReaper(name, self.callbacks.submit, counters, self.helper_threads)
+        self.worker = Worker(self, config, func, sizer, stats)
+        self.batch_threads.add(self.worker.thread)
+        self.monitor = HealthMonitor(name, config, sizer, self.queue.__len__,
+                                     lambda: self.worker.batch_started_ns)
+        self.worker.thread.start()
+        if config.enable_health_monitoring:
+            self.helper_threads.add(self.monitor.start())
+
+    def __repr__(self) -> str:
+        return f"<Run of {self.name!r} {self.state}>"
+
+    def new_future(self) -> BatchFuture[Any]:
+        return BatchFuture(self)
+
+    def runs_batches_on(self, thread: threading.Thread) -> bool:
+        """Whether ``thread`` runs this run's batch function (a wait there would deadlock)."""
+        return thread in self.batch_threads and self.state != STOPPED
+
+    def owns(self, thread: threading.Thread) -> bool:
+        return thread in self.batch_threads or thread in self.helper_threads
+
+    def pause(self) -> None:
+        self.queue.pause()
+
+    def resume(self) -> None:
+        self.queue.resume()
+
+    # -- stop ---------------------------------------------------------------------------
+
+    def stop(self, timeout: float | None) -> None:
+        """Stop intake, drain for up to ``timeout`` seconds, then fail what is left."""
+        me = threading.current_thread()
+        with self._lock:
+            if self.state == RUNNING:
+                self.state = STOPPING
+                self.queue.close()  # intake stops at once, whoever asked
+            # Our own thread (the batch function, a done-callback, a callback run by our
+            # own stop()): waiting would wait for ourselves. The worker, which drains on,
+            # ends the stop as it exits.
+            own = me in self._stoppers or self.owns(me)
+            finishing = self._finished
+            if not (own or finishing):
+                self._stoppers.add(me)
+        if own:
+            return
+        if finishing:  # another caller (or the exiting worker) is stopping the helpers
+            self._done.wait(None if timeout is None else timeout + STOP_GRACE_S)
+            return
+        try:
+            start_ns = _backend.monotonic_ns()
+            worker = self.worker.thread
+            # Every caller bounds its own wait: stop(0) fails what is left at once even
+            # while another stop(None) is draining.
+            worker.join(timeout)
+            if worker.is_alive():
+                self._abandon(timeout)
+                # Half the grace for the worker to notice; the rest for the helpers.
+                worker.join(max(0.0, (self._left(start_ns, timeout) or 0.0) - STOP_GRACE_S / 2))
+                if worker.is_alive():
+                    logger.warning("fastbatch %s: the batch function is still running after stop(); its "
+                                   "items have failed and its thread is left to finish on its own", self.name)
+            self._finish(lambda: self._left(start_ns, timeout))
+        finally:
+            with self._lock:
+                self._stoppers.discard(me)
+
+    @staticmethod
+    def _left(start_ns: int, timeout: float | None) -> float | None:
+        """What remains of ``timeout + STOP_GRACE_S`` since ``start_ns`` (None: no bound)."""
+        if timeout is None:
+            return None
+        return max(0.0, timeout + STOP_GRACE_S - (_backend.monotonic_ns() - start_ns) / 1e9)
+
+    def _abandon(self, timeout: float | None) -> None:
+        """Past the stop deadline: fail what is queued and the batch in flight."""
+        message = f"BatchProcessor {self.name!r} stopped (timeout={timeout}s) before this item was processed"
+        worker = self.worker
+        with worker.handoff:  # no batch can be half taken while we look at it
+            self.abort.set()
+            inflight = worker.inflight
+        _, futures, _ = self.queue.drain()
+        worker.fail_leftovers(futures, message, taken=False)
+        fail_futures(inflight, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
+                     counters=self.counters, taken=True)
+
+    def worker_exited(self) -> None:
+        """Called on the worker thread as it ends: the run is over, whoever asked."""
+        with self._lock:
+            if self.state == RUNNING:  # the worker crashed: nobody called stop()
+                self.state = STOPPING
+                self.queue.close()
+        self._finish(lambda: _SELF_STOP_JOIN_S)
+
+    def _finish(self, left: Callable[[], float | None]) -> None:
+        """Stop the helpers (once); a second caller waits for the first, within ``left``."""
+        with self._lock:
+            first = not self._finished
+            self._finished = True
+        if not first:
+            self._done.wait(left())
+            return
+        try:
+            self.monitor.stop(left())
+            self.reaper.stop(left())
+            # Last: everything that can finish a future has stopped.
+            if not self.callbacks.stop(left()):
+                logger.warning("fastbatch %s: a done-callback is still running after stop(); the "
+                               "callback thread is left to finish on its own", self.name)
+        finally:
+            with self._lock:
+                self.state = STOPPED
+            self._done.set()
+
+    def accepted(self) -> int:
+        """Items this run's queue accepted."""
+        if self._forked:
+            return 0  # the parent's queue: its lock may be held for ever in this child
+        return int(self.queue.total_puts)
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: this run's threads do not exist, and any lock may be held."""
+        self._lock = threading.Lock()
+        self.state = STOPPED
+        self._forked = True
+        self._finished = True
+        self._done = threading.Event()
+        self._done.set()
+        self.batch_threads = set()
+        self.helper_threads = set()
