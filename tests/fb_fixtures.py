@@ -2,10 +2,14 @@
 
 Each suite keeps its own fixtures (their defaults differ on purpose: the reliability
 suite releases batches at once, the others linger 5 ms) but builds them from these.
+
+Tiers: ``python -m pytest`` is the fast tier; ``FASTBATCH_EXTENDED=1`` is the extended
+tier, where stress loops run many more rounds (``stress_rounds``) and the sanitizer run is on.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -14,6 +18,19 @@ import pytest
 
 import fastbatch
 from fastbatch import _backend
+
+EXTENDED = os.environ.get("FASTBATCH_EXTENDED", "") not in ("", "0")
+
+
+def stress_rounds(fast: int, extended: int) -> pytest.MarkDecorator:
+    """Parametrize a stress loop's ``rounds``: ``fast`` in the fast tier, ``extended`` else.
+
+    The count shows in the test id (``[compiled-rounds=10]``), so a report says which
+    tier ran; the fast tier keeps a few rounds so the path is still exercised.
+    """
+    n = extended if EXTENDED else fast
+    marks = [pytest.mark.slow] if EXTENDED else []
+    return pytest.mark.parametrize("rounds", [pytest.param(n, id=f"rounds={n}", marks=marks)])
 
 
 def use_core(core: Any, monkeypatch: pytest.MonkeyPatch) -> Any:

@@ -12,6 +12,7 @@ import pytest
 import fastbatch
 from fastbatch import BatchPriority
 
+from fb_fixtures import stress_rounds
 
 
 def test_seed_example_every_row_doubled(make_processor):
@@ -307,12 +308,13 @@ def test_generic_item_timeout(make_processor):
     assert processor.enqueue_predict("fast").result(timeout=5) == "fast"
 
 
-def test_wait_returns_only_when_every_future_is_done(make_processor):
+@stress_rounds(fast=10, extended=100)
+def test_wait_returns_only_when_every_future_is_done(make_processor, rounds):
     """Regression: a future finishing while wait() scanned its set made wait() return early."""
     processor = make_processor(lambda b: b * 2, max_batch_size=200, initial_batch_size=200,
                                max_queue_size=0, processing_strategy="fixed")
     rows = list(np.random.default_rng(3).random((2000, 4)))
-    for _ in range(100):
+    for _ in range(rounds):
         futures = [processor.enqueue_predict(r) for r in rows]
         done, not_done = concurrent.futures.wait(futures, timeout=30)
         assert not not_done and all(f.done() for f in futures)

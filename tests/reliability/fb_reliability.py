@@ -35,7 +35,7 @@ import numpy as np
 
 import fastbatch
 
-EXTENDED = os.environ.get("FASTBATCH_EXTENDED", "") not in ("", "0")
+from fb_fixtures import EXTENDED  # re-exported: the suite's modules import it from here
 
 #: Figures accumulated over the session and printed by the conftest's terminal summary.
 FIGURES: Counter = Counter()

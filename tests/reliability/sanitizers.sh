@@ -6,6 +6,11 @@
 #
 # Default: all, tests/core. Paths are relative to the project root, e.g.
 #   tests/reliability/sanitizers.sh tsan tests/core tests/processor
+# (tests/reliability/test_sanitizers.py runs the ASan mode in the extended tier.)
+#
+# The build happens in a temporary copy of the project (never in the work tree), with the
+# interpreter's Cython/numpy/setuptools when it has them, else through `pip wheel` (which
+# fetches the build-system requirements from the package index, as `pip install` does).
 #
 # How: CFLAGS/LDFLAGS carry -fsanitize=...; the interpreter is not instrumented, so the
 # sanitizer runtime is loaded first with LD_PRELOAD (gcc -print-file-name=libasan.so /
@@ -48,9 +53,27 @@ build() {  # build <dir> <sanitizer flag>
     # CYTHON_USE_DICT_VERSIONS=0: no function-static caches of module globals, which
     # Cython reads and writes under the GIL and TSan would report as races.
     local flags="-fsanitize=$flag -fno-omit-frame-pointer -g -DCYTHON_USE_DICT_VERSIONS=0"
-    (cd "$dir" && CFLAGS="$flags" CXXFLAGS="$flags" \
-        LDFLAGS="-fsanitize=$flag" "$python" setup.py -q build_ext --inplace >"$OUT/build-$flag.log" 2>&1) \
-        || { cat "$OUT/build-$flag.log"; return 1; }
+    local log=$OUT/build-$flag.log
+    if "$python" -c 'import Cython, numpy, setuptools' 2>/dev/null; then
+        (cd "$dir" && CFLAGS="$flags" CXXFLAGS="$flags" \
+            LDFLAGS="-fsanitize=$flag" "$python" setup.py -q build_ext --inplace >"$log" 2>&1) \
+            || { cat "$log"; return 1; }
+    else
+        # The interpreter has no build tools (pip built the package in an isolated
+        # environment): let pip build a wheel the same way, with the project's
+        # build-system requirements, and take the extension out of it.
+        echo "   (no Cython/numpy/setuptools in $python: building a wheel with pip)"
+        (cd "$dir" && CFLAGS="$flags" CXXFLAGS="$flags" LDFLAGS="-fsanitize=$flag" \
+            "$python" -m pip wheel -q --no-deps -w "$dir/wheel" . >"$log" 2>&1 \
+            && "$python" - "$dir"/wheel/fastbatch-*.whl "$dir/src" >>"$log" 2>&1 <<'PY'
+import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as wheel:
+    cores = [n for n in wheel.namelist() if n.startswith("fastbatch/_core") and n.endswith(".so")]
+    assert len(cores) == 1, cores
+    wheel.extract(cores[0], sys.argv[2])
+PY
+        ) || { cat "$log"; return 1; }
+    fi
     local symbol=__asan_
     [[ $flag == thread ]] && symbol=__tsan_
     if [[ $(nm -D "$dir"/src/fastbatch/_core*.so | grep -c "$symbol") == 0 ]]; then

@@ -18,6 +18,7 @@ import pytest
 
 import fastbatch
 
+from fb_fixtures import stress_rounds
 from fb_reliability import Ledger, poll, same
 
 
@@ -218,13 +219,14 @@ def test_state_does_not_change_while_a_waiter_holds_the_condition():
     assert future.result(timeout=0) == 1
 
 
-def test_wait_all_completed_never_returns_early(make_processor):
+@stress_rounds(fast=20, extended=150)
+def test_wait_all_completed_never_returns_early(make_processor, rounds):
     processor = make_processor(lambda b: b, max_batch_size=1)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # thread switches everywhere: makes the race likely
     early = 0
     try:
-        for _ in range(150):
+        for _ in range(rounds):
             futures = [processor.enqueue_predict(row(i)) for i in range(200)]
             _, not_done = concurrent.futures.wait(futures, timeout=10)
             early += bool(not_done)
@@ -234,7 +236,8 @@ def test_wait_all_completed_never_returns_early(make_processor):
     assert early == 0, f"wait(ALL_COMPLETED) returned {early} times with futures not done"
 
 
-def test_as_completed_yields_each_future_exactly_once(make_processor):
+@stress_rounds(fast=20, extended=150)
+def test_as_completed_yields_each_future_exactly_once(make_processor, rounds):
     """The same race seen from ``as_completed``: a future counted finished up front whose
     completion event still arrives would be yielded twice (or raise KeyError inside)."""
     processor = make_processor(lambda b: b, max_batch_size=1)
@@ -242,7 +245,7 @@ def test_as_completed_yields_each_future_exactly_once(make_processor):
     sys.setswitchinterval(1e-6)
     problems = []
     try:
-        for _ in range(150):
+        for _ in range(rounds):
             futures = [processor.enqueue_predict(row(i)) for i in range(200)]
             try:
                 yielded = list(concurrent.futures.as_completed(futures, timeout=10))

@@ -26,7 +26,7 @@ import fastbatch
 
 from fb_reliability import EXTENDED, FIGURES, Ledger, join_threads, processor_threads
 
-FAST_RUNS = 400
+FAST_RUNS = 100  # 5 tests of 20 seeds per core; the extended tier runs the 5000
 EXTENDED_RUNS = 5000
 RUNS_PER_TEST = 20  # keeps each test well under the 60 s per-test timeout
 
