@@ -407,7 +407,7 @@ def test_waiter_hooks_match_the_stdlib_future(scenario):
 
 def started(n: int) -> list[BatchFuture]:
     futures: list[BatchFuture] = [BatchFuture() for _ in range(n)]
-    assert start_batch(futures) == (None, 0, 0)
+    assert start_batch(futures) is None
     return futures
 
 
@@ -569,7 +569,7 @@ def test_asyncio_wrap_future_result_failure_and_cancellation_from_other_threads(
         with pytest.raises(asyncio.CancelledError):
             await task
         assert p.cancelled()
-        assert start_batch([p]) == ([], 1, 0) and p._state == "CANCELLED_AND_NOTIFIED"
+        assert start_batch([p]) == [] and p._state == "CANCELLED_AND_NOTIFIED"
         # an item cancelled from another thread cancels the awaiting coroutine
         q = BatchFuture()
         threading.Thread(target=q.cancel).start()
