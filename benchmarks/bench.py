@@ -1,4 +1,4 @@
-"""Run every workload of issue 4 for the three contenders in one run and print the table.
+"""Run every workload for the three contenders in one run and print the table.
 
     python benchmarks/bench.py [--quick] [--repeat K] [--json out.json] [--plot out.png]
                                [--only 1,4] [--contenders compiled,stdlib]
@@ -7,7 +7,7 @@
 Contenders: fastbatch with the compiled core, fastbatch with the pure-Python twin, and the
 plain-stdlib batcher (``stdlib_batcher.py``). Each repeat runs every workload once per
 contender, contenders interleaved (their order rotates from one repeat to the next); the
-table shows medians over the repeats, the ratios, and whether each target of the issue
+table shows medians over the repeats, the ratios, and whether each performance target
 is met. ``--quick`` uses small sizes (a smoke test, well under a minute); its numbers are
 noisier than the full run's.
 """
@@ -231,7 +231,7 @@ def _per_repeat(runs: Runs, w: int, name: str, key: str) -> list[float]:
 
 
 def targets(runs: Runs, med: Medians) -> list[Target]:
-    """Each target of issue 4, judged on the median (of paired ratios, for ratios).
+    """Each performance target, judged on the median (of paired ratios, for ratios).
 
     The detail gives the range over the repeats: a target met at the median but not in
     every repeat is within the noise of this machine.
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     print("\nValues are medians over the repeats. Ratios are 'times better' (> 1: the first "
           "contender wins; for times and latencies the inverse is shown), taken repeat by "
           "repeat (the two runs of a repeat ran back to back), median over the repeats.")
-    print("\nTargets of issue 4 (compiled core unless stated):")
+    print("\nPerformance targets (compiled core unless stated):")
     tgs = targets(results, med)
     for t in tgs:
         mark = {True: "MET   ", False: "MISSED", None: "n/a   "}[t.met]

@@ -3,7 +3,7 @@
     python -m pytest benchmarks --benchmark-only
     python -m pytest benchmarks --benchmark-only --benchmark-group-by=func   # side by side
 
-Small sizes: this is for tracking and comparing, not the issue's table (that is
+Small sizes: this is for tracking and comparing, not the full table (that is
 ``python benchmarks/bench.py``). Each test starts one batcher and times rounds of the
 workload's hot part on it (set-up and result checks are off the clock); the workload's
 own metrics go into ``extra_info``. The default ``python -m pytest`` does not collect

@@ -1,4 +1,4 @@
-"""The six workloads of issue 4, each driving any of three contenders.
+"""The six benchmark workloads, each driving any of three contenders.
 
 A *contender* is a way to get a batcher: fastbatch with the compiled core, fastbatch with
 the pure-Python twin, or the plain-stdlib batcher of ``stdlib_batcher.py``. The core is

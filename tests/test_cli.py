@@ -52,6 +52,43 @@ def test_info_names_version_core_and_python():
     assert out.stderr == ""
 
 
+def test_no_command_prints_the_help_and_succeeds():
+    out = _fastbatch()
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: fastbatch") and "demo" in out.stdout and "info" in out.stdout
+    assert out.stderr == ""
+
+
+def test_version():
+    out = _fastbatch("--version")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"fastbatch {fastbatch.__version__} (core: ")
+
+
+@pytest.mark.parametrize("args", [("--help",), ("demo", "--help"), ("info", "--help")])
+def test_help_is_plain_text_with_a_description(args):
+    out = _fastbatch(*args)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "``" not in text and ":class:" not in text and ":func:" not in text, text
+    body = text.split("\n\n", 1)[1]  # past the usage line: a description, then the options
+    assert not body.lstrip().startswith(("options:", "positional arguments:")), text
+
+
+def test_bench_is_offered_only_where_the_harness_is(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_cli, "_PACKAGE_DIR", tmp_path / "venv" / "site-packages" / "fastbatch")
+    with pytest.raises(SystemExit):
+        _cli.main(["--help"])
+    installed = capsys.readouterr().out
+    assert "{demo,info}" in installed and "{demo,info,bench}" not in installed, installed
+    monkeypatch.chdir(CHECKOUT)
+    if HAS_BENCHMARKS:
+        with pytest.raises(SystemExit):
+            _cli.main(["--help"])
+        assert "{demo,info,bench}" in capsys.readouterr().out
+
+
 # -- demo ------------------------------------------------------------------------------
 
 
@@ -83,7 +120,7 @@ def test_demo_progress_forced_on_draws_on_stderr():
                           "--progress"], check=False, capture_output=True, timeout=50, env=_env())
     stdout, stderr = out.stdout.decode(), out.stderr.decode()  # bytes: keep the carriage returns
     assert out.returncode == 0, stderr
-    for label in ("[1/3] seed example", "[2/3] unbatched", "[3/3] batched"):
+    for label in ("[1/3] example", "[2/3] unbatched", "[3/3] batched"):
         assert label in stderr, stderr
     assert "/300" in stderr and "/1,000" in stderr
     assert stderr.startswith("\r") and stderr.endswith("\r") and "\n" not in stderr  # redrawn in place, erased

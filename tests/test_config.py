@@ -35,6 +35,27 @@ def test_every_field_exists_with_documented_defaults():
     assert config.processing_strategy is BatchProcessingStrategy.ADAPTIVE
 
 
+@pytest.mark.parametrize("given, expected", [
+    # (the sizes given, (min, initial, max) that follow)
+    (dict(), (50, 100, 200)),
+    (dict(max_batch_size=64), (50, 64, 64)),
+    (dict(max_batch_size=8), (8, 8, 8)),
+    (dict(max_batch_size=1000), (50, 1000, 1000)),
+    (dict(initial_batch_size=300), (50, 300, 300)),
+    (dict(initial_batch_size=10), (10, 10, 200)),
+    (dict(min_batch_size=300), (300, 300, 300)),
+    (dict(min_batch_size=1, max_batch_size=4), (1, 4, 4)),
+    (dict(initial_batch_size=16, max_batch_size=64), (16, 16, 64)),
+])
+def test_sizes_not_given_follow_from_those_given(given, expected):
+    config = BatchProcessorConfig(**given)
+    assert (config.min_batch_size, config.initial_batch_size, config.max_batch_size) == expected
+    # The resolved config round-trips: every size is now explicit and consistent.
+    import dataclasses
+    again = dataclasses.replace(config)
+    assert (again.min_batch_size, again.initial_batch_size, again.max_batch_size) == expected
+
+
 def test_seed_example_config_is_accepted():
     BatchProcessorConfig(
         initial_batch_size=100, min_batch_size=50, max_batch_size=200, max_queue_size=1000,
@@ -50,9 +71,15 @@ BAD = [
     (dict(initial_batch_size=0, min_batch_size=1), ValueError, "initial_batch_size=0: must be >= 1"),
     (dict(min_batch_size=0), ValueError, "min_batch_size=0: must be >= 1"),
     (dict(max_batch_size=-5), ValueError, "max_batch_size=-5: must be >= 1"),
-    (dict(initial_batch_size=300), ValueError, "min_batch_size (50) <= initial_batch_size <= max_batch_size (200)"),
-    (dict(initial_batch_size=10), ValueError, "initial_batch_size=10"),
-    (dict(min_batch_size=300, initial_batch_size=300), ValueError, "max_batch_size (200)"),
+    (dict(initial_batch_size=300, max_batch_size=200), ValueError,
+     "initial_batch_size=300: must satisfy min_batch_size (50) <= initial_batch_size <= max_batch_size (200)"),
+    (dict(initial_batch_size=10, min_batch_size=50), ValueError,
+     "initial_batch_size=10: must satisfy min_batch_size (50)"),
+    (dict(min_batch_size=100, max_batch_size=64), ValueError,
+     "min_batch_size=100: must be <= max_batch_size (64)"),
+    (dict(min_batch_size=300, initial_batch_size=300, max_batch_size=200), ValueError, "max_batch_size (200)"),
+    (dict(shutdown_timeout=-1), ValueError, "shutdown_timeout=-1: must be >= 0"),
+    (dict(shutdown_timeout=None), TypeError, "shutdown_timeout=None: must be a number"),
     (dict(initial_batch_size=100.0), TypeError, "initial_batch_size=100.0: must be an int"),
     (dict(max_batch_size=True), TypeError, "must be an int"),
     (dict(max_queue_size=-1), ValueError, "max_queue_size=-1: must be >= 0"),

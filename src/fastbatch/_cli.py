@@ -1,4 +1,4 @@
-"""Command line: ``python -m fastbatch demo | bench | info``."""
+"""Command line: python -m fastbatch demo | info | bench."""
 
 from __future__ import annotations
 
@@ -63,25 +63,60 @@ def _bench(argv: list[str]) -> int:
     return code
 
 
+_DESCRIPTION = """\
+fastbatch: in-process dynamic batching for Python.
+
+commands:
+  demo    a worked example, then a numpy model served one call per request and batched
+  info    the version, the core in use (compiled or pure Python) and the Python
+  bench   the benchmark harness (only from a source checkout, which holds benchmarks/)
+"""
+
+_DEMO_DESCRIPTION = """\
+Runs two things and prints what they did:
+  1. a worked example: 1000 rows of 10 floats through a batch function (batch * 2),
+     every result checked;
+  2. a small numpy MLP served two ways, one call per request and batched by fastbatch
+     (producer threads, requests in flight each), with a table of throughput, latency
+     percentiles and batch sizes, and the speed-up.
+"""
+
+
+def _parser(with_bench: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastbatch", description=_DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"fastbatch {__version__} (core: {_backend.NAME})")
+    sub = parser.add_subparsers(dest="command", metavar="{demo,info" + (",bench}" if with_bench else "}"))
+    demo = sub.add_parser("demo", help="a worked example and a batched numpy model, with statistics",
+                          description=_DEMO_DESCRIPTION,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_argument("--items", type=_positive_int, default=20000,
+                      help="requests sent to the model (default 20000)")
+    demo.add_argument("--producers", type=_positive_int, default=4, help="producer threads (default 4)")
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="draw a progress bar on stderr (default: only when stderr is a terminal)")
+    sub.add_parser("info", help="print the version, the core in use and the Python",
+                   description="Prints the fastbatch version, which core is in use (compiled or "
+                               "pure Python), the Python version and where the package lives.")
+    if with_bench:
+        sub.add_parser("bench", add_help=False,
+                       help="run the benchmark harness: [--quick] [--plot out.png] [...] "
+                            "(fastbatch bench --help for every option)")
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m fastbatch`` and the ``fastbatch`` script."""
     args_in = list(sys.argv[1:] if argv is None else argv)
     if args_in[:1] == ["bench"]:
         # Everything after `bench` belongs to benchmarks/bench.py (its own --help too).
         return _bench(args_in[1:])
-    parser = argparse.ArgumentParser(prog="fastbatch", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the seed's example and a batched numpy model, with stats")
-    demo.add_argument("--items", type=_positive_int, default=20000,
-                      help="requests sent to the model (default 20000)")
-    demo.add_argument("--producers", type=_positive_int, default=4, help="producer threads (default 4)")
-    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                      help="draw a progress bar on stderr (default: only when stderr is a terminal)")
-    sub.add_parser("bench", add_help=False,
-                   help="run benchmarks/bench.py of a source checkout: [--quick] [--plot out.png] "
-                        "[...] (`fastbatch bench --help` for all options)")
-    sub.add_parser("info", help="print the version and which core is in use")
+    parser = _parser(with_bench=find_bench() is not None)
     args = parser.parse_args(args_in)
+    if args.command is None:
+        parser.print_help()
+        return 0
     if args.command == "info":
         print(f"fastbatch {__version__}, core: {_backend.NAME}, Python {sys.version.split()[0]}, "
               f"from {_PACKAGE_DIR}")

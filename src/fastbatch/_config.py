@@ -1,8 +1,7 @@
 """Configuration and enums: ``BatchProcessorConfig``, ``BatchPriority``, ``BatchProcessingStrategy``.
 
-Every field the seed document names is here, plus the fields of the original implementation
-(DESIGN.md, "Config fields and enums") and a few of our own, each validated at construction
-with an error that names the field, the value and the rule.
+The fields and defaults of the classic ``BatchProcessor`` API, plus a few of our own, each
+validated at construction with an error that names the field, the value and the rule.
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ import dataclasses
 import enum
 import math
 from typing import Any
+
+from ._histograms import check_buckets, default_size_buckets
 
 
 class BatchPriority(enum.IntEnum):
@@ -27,7 +28,7 @@ class BatchProcessingStrategy(enum.Enum):
     """How the batch size moves while the processor runs.
 
     FIXED: stays where ``initial_batch_size`` / ``update_batch_size`` put it.
-    ADAPTIVE: the seed's load rule, with a floor that keeps up with the arrival rate.
+    ADAPTIVE: the classic load rule, with a floor that keeps up with the arrival rate.
     GREEDY: always ``max_batch_size``; a batch is released by size or timeout as usual.
     BALANCED: follows the backlog: the size is what was waiting at the last batch,
     clamped to ``[min_batch_size, max_batch_size]``.
@@ -48,6 +49,18 @@ def _fail(exc: type[Exception], name: str, value: Any, rule: str) -> None:
 _MAX_COUNT = 2**40
 _MAX_SECONDS = 1e9
 _MAX_MB = 2.0**30
+
+
+class _Unset:
+    """The default of a batch size the caller did not give (resolved in ``__post_init__``)."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+# The sizes when none is given (the classic API's defaults).
+_SIZE_DEFAULTS = {"initial_batch_size": 100, "min_batch_size": 50, "max_batch_size": 200}
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -85,18 +98,23 @@ class BatchProcessorConfig:
     """Settings of a :class:`~fastbatch.BatchProcessor`.
 
     Sizes count samples: a 1-D array item is one sample, an ``(n, ...)`` array is ``n``.
-    Times are in seconds. Defaults are the original implementation's except
-    ``batch_timeout`` (0.01 s instead of 1.0 s: a one-second wait for a half-full batch
-    surprises any latency-sensitive caller) and ``retry_delay`` (0.05 s instead of 0.5 s).
+    Times are in seconds. Defaults are the classic API's except ``batch_timeout`` (0.01 s
+    instead of 1.0 s: a one-second wait for a half-full batch surprises any
+    latency-sensitive caller) and ``retry_delay`` (0.05 s instead of 0.5 s).
+
+    The three sizes follow from the ones given: with none, they are 50 <= 100 <= 200; with
+    only ``max_batch_size``, ``initial_batch_size`` is that maximum and ``min_batch_size``
+    ``min(50, max_batch_size)``; in general a size not given is its default moved just
+    enough to fit the given ones. Sizes given that contradict each other are refused.
 
     Raises:
         TypeError: a field has the wrong type.
         ValueError: a field breaks its rule (min <= initial <= max, warning < critical ...).
     """
 
-    initial_batch_size: int = 100
-    min_batch_size: int = 50
-    max_batch_size: int = 200
+    initial_batch_size: int = _UNSET
+    min_batch_size: int = _UNSET
+    max_batch_size: int = _UNSET
     max_queue_size: int = 1000
     batch_timeout: float = 0.01
     min_batch_interval: float = 0.0
@@ -136,8 +154,19 @@ class BatchProcessorConfig:
     that a poisonous item fails alone and its neighbours succeed."""
     isolation_budget: int = 64
     """Extra calls of the batch function that isolating one failed batch may make."""
+    latency_buckets: tuple[float, ...] | None = None
+    """Upper bounds (seconds) of the item-latency, queue-time and batch-processing-time
+    histograms; ``None``: 0.5 ms to 10 s in 1-2.5-5 steps."""
+    batch_size_buckets: tuple[float, ...] | None = None
+    """Upper bounds (samples) of the batch-size histogram; ``None``: powers of two up to
+    ``max_batch_size``."""
+    shutdown_timeout: float = 10.0
+    """Seconds a ``with BatchProcessor(...)`` block's exit, and a running processor left at
+    interpreter exit (or garbage-collected without ``stop()``), drain the queue before what
+    is left fails with ``ProcessorStoppedError``; the exit never hangs on a stuck model."""
 
     def __post_init__(self) -> None:
+        self._resolve_sizes()
         if isinstance(self.processing_strategy, str):
             try:
                 self.processing_strategy = BatchProcessingStrategy(self.processing_strategy.lower())
@@ -145,6 +174,29 @@ class BatchProcessorConfig:
                 names = ", ".join(s.value for s in BatchProcessingStrategy)
                 _fail(ValueError, "processing_strategy", self.processing_strategy, f"must be one of {names}")
         self.validate()
+
+    def _resolve_sizes(self) -> None:
+        """Fill in the sizes not given from the ones given (see the class docstring)."""
+        given = {}
+        for name in _SIZE_DEFAULTS:
+            value = getattr(self, name)
+            if value is not _UNSET:
+                _check_int(name, value, 1)
+                given[name] = value
+        if "max_batch_size" not in given:
+            self.max_batch_size = max(_SIZE_DEFAULTS["max_batch_size"], *given.values(), 1)
+        if "initial_batch_size" not in given:
+            if "max_batch_size" in given:
+                self.initial_batch_size = self.max_batch_size
+            else:
+                low = given.get("min_batch_size", 1)
+                self.initial_batch_size = min(max(_SIZE_DEFAULTS["initial_batch_size"], low),
+                                              self.max_batch_size)
+        if "min_batch_size" not in given:
+            self.min_batch_size = min(_SIZE_DEFAULTS["min_batch_size"], self.initial_batch_size)
+        if self.min_batch_size > self.max_batch_size:
+            _fail(ValueError, "min_batch_size", self.min_batch_size,
+                  f"must be <= max_batch_size ({self.max_batch_size})")
 
     def validate(self) -> None:
         """Check every field again (for a config changed after construction).
@@ -161,7 +213,7 @@ class BatchProcessorConfig:
             _fail(ValueError, "initial_batch_size", self.initial_batch_size,
                   f"must satisfy min_batch_size ({self.min_batch_size}) <= initial_batch_size"
                   f" <= max_batch_size ({self.max_batch_size})")
-        for name in ("batch_timeout", "min_batch_interval", "retry_delay"):
+        for name in ("batch_timeout", "min_batch_interval", "retry_delay", "shutdown_timeout"):
             _check_float(name, getattr(self, name))
         for name in ("health_check_interval", "stuck_batch_timeout"):
             _check_float(name, getattr(self, name), positive=True)
@@ -180,6 +232,9 @@ class BatchProcessorConfig:
         if self.queue_warning_threshold >= self.queue_critical_threshold:
             _fail(ValueError, "queue_warning_threshold", self.queue_warning_threshold,
                   f"must be < queue_critical_threshold ({self.queue_critical_threshold})")
+        for name in ("latency_buckets", "batch_size_buckets"):
+            if getattr(self, name) is not None:
+                setattr(self, name, check_buckets(name, getattr(self, name)))
         if not isinstance(self.processing_strategy, BatchProcessingStrategy):
             _fail(TypeError, "processing_strategy", self.processing_strategy,
                   "must be a BatchProcessingStrategy")
@@ -195,6 +250,13 @@ class BatchProcessorConfig:
         if self.max_batch_memory_mb is None:
             return 0
         return max(1, int(self.max_batch_memory_mb * 1024 * 1024))
+
+    @property
+    def size_buckets(self) -> tuple[float, ...]:
+        """The batch-size histogram's bounds in force."""
+        if self.batch_size_buckets is None:
+            return default_size_buckets(self.max_batch_size)
+        return self.batch_size_buckets
 
     @property
     def effective_strategy(self) -> BatchProcessingStrategy:

@@ -24,15 +24,6 @@ from ._processor import BatchProcessor
 T = TypeVar("T")
 R = TypeVar("R")
 
-# At exit (or collection) queued items get this long to be processed before they fail;
-# an exit must never hang on a stuck batch function.
-_EXIT_STOP_TIMEOUT_S = 5.0
-_DEFAULTS = BatchProcessorConfig()
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
 
 def _config(max_batch_size: int | None, batch_timeout: float | None,
             fields: dict[str, Any]) -> BatchProcessorConfig:
@@ -41,14 +32,7 @@ def _config(max_batch_size: int | None, batch_timeout: float | None,
     if batch_timeout is not None:
         fields["batch_timeout"] = batch_timeout
     if max_batch_size is not None:
-        fields["max_batch_size"] = max_batch_size
-        # Unset sizes are the defaults clamped to fit, so that max_batch_size=8 alone is
-        # a valid config; ill-typed values are left to the config's own validation.
-        if _is_int(max_batch_size) and max_batch_size >= 1:
-            fields.setdefault("initial_batch_size", min(_DEFAULTS.initial_batch_size, max_batch_size))
-            if _is_int(fields["initial_batch_size"]):
-                fields.setdefault("min_batch_size", min(_DEFAULTS.min_batch_size,
-                                                        fields["initial_batch_size"]))
+        fields["max_batch_size"] = max_batch_size  # the config fits the other sizes to it
     return BatchProcessorConfig(**fields)
 
 
@@ -106,7 +90,9 @@ class BatchedFunction(Generic[T, R]):
         processor: BatchProcessor[T, R] = BatchProcessor(config, name=name)
         processor._managed = True  # our finalizer below stops it
         self._runner: _Runner[T, R] = _Runner(processor, func)
-        self._finalizer = weakref.finalize(self, self._runner.close, _EXIT_STOP_TIMEOUT_S)
+        # At exit (or collection) queued items get shutdown_timeout to be processed before
+        # they fail: an exit must never hang on a stuck batch function.
+        self._finalizer = weakref.finalize(self, self._runner.close, config.shutdown_timeout)
 
     @property
     def processor(self) -> BatchProcessor[T, R]:
@@ -254,7 +240,7 @@ def batch(func: Callable[[Any], Any] | None = None, /, *, max_batch_size: int | 
     Args:
         func: the function of a batch (when used bare).
         max_batch_size: samples per batch at most. ``initial_batch_size`` and
-            ``min_batch_size``, unless given, are their defaults clamped to fit it.
+            ``min_batch_size``, unless given, follow from it (``BatchProcessorConfig``).
         batch_timeout: seconds a batch waits for more items after its first arrived.
         name: the processor's name (threads, logs, metrics); the function's
             ``__qualname__`` by default.

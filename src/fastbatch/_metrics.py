@@ -3,13 +3,19 @@
 Needs ``prometheus_client`` (``pip install 'fastbatch[prometheus]'``); nothing else in
 fastbatch imports this module, so ``import fastbatch`` never imports prometheus_client.
 
-Every family is labelled ``processor=<name>``. Counters are the since-creation totals.
-Window statistics (the last ``monitoring_window`` batches) are exported as gauges and,
-for latency percentiles, as a summary's ``quantile`` samples — a summary's quantiles are
-over a sliding window too. fastbatch keeps windows, not running sums, so the summaries
-have no ``_sum``/``_count``: take rates from the ``*_total`` counters. A window with
-nothing in it (no batch yet, ``enable_monitoring=False``) is exported as NaN, as
-Prometheus clients do for empty summaries, rather than as a misleading 0.
+Every family is labelled ``processor=<name>``. Three kinds:
+
+- counters: the since-creation totals (``*_total``);
+- histograms (``_bucket``/``_sum``/``_count``, since creation) of item latency, item queue
+  time, batch processing time and batch size, which sum across processes and replicas
+  (``histogram_quantile(0.99, sum by (le) (rate(..._bucket[5m])))``); their bounds are the
+  config's ``latency_buckets`` / ``batch_size_buckets``;
+- gauges of the current state and of the statistics window (the last
+  ``monitoring_window`` batches), percentiles of the window as a ``quantile`` label.
+
+A window with nothing in it (no batch yet, ``enable_monitoring=False``) is exported as NaN
+rather than as a misleading 0. ``fastbatch_processor_info`` is an info metric (typed
+``info`` in OpenMetrics; the classic text format has no such type and shows a gauge of 1).
 """
 
 from __future__ import annotations
@@ -25,9 +31,9 @@ try:
     from prometheus_client.metrics_core import (
         CounterMetricFamily,
         GaugeMetricFamily,
+        HistogramMetricFamily,
         InfoMetricFamily,
         Metric,
-        SummaryMetricFamily,
     )
     from prometheus_client.samples import Sample
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -64,7 +70,8 @@ _GAUGES = (
      "Load: EMA of batch processing time over batch_timeout, capped at 1."),
     ("throughput_samples_per_second", "throughput", 1.0, "",
      "Samples processed per second of wall time over the window."),
-    ("arrival_rate_samples_per_second", "arrival_rate", 1.0, "", "Samples arriving per second."),
+    ("arrival_rate_items_per_second", "arrival_rate", 1.0, "",
+     "Items accepted per second over the last 10 s."),
     ("running", "is_running", 1.0, "", "1 between start() and stop()."),
     ("paused", "is_paused", 1.0, "", "1 while paused."),
     ("batch_size_avg", "avg_batch_size", 1.0, "", "Mean samples per batch over the window."),
@@ -79,12 +86,21 @@ _GAUGES = (
     ("batch_processing_avg_seconds", "avg_processing_time_ms", _MS, "seconds",
      "Mean batch duration (assembly, function with retries, split) over the window."),
 )
-# (family name, {quantile: get_stats key}, help)
-_SUMMARIES = (
-    ("item_latency_seconds", {"0.5": "p50_latency_ms", "0.95": "p95_latency_ms", "0.99": "p99_latency_ms"},
-     "Per-item latency, enqueue to result, over the window."),
-    ("batch_processing_seconds", {"0.95": "p95_processing_time_ms"},
-     "Batch duration over the window."),
+# (family name, {quantile: get_stats key}, help): gauges with a quantile label.
+_WINDOW_QUANTILES = (
+    ("item_latency_window_seconds", {"0.5": "p50_latency_ms", "0.95": "p95_latency_ms",
+                                     "0.99": "p99_latency_ms"},
+     "Per-item latency percentiles, enqueue to result, over the window."),
+    ("batch_processing_window_seconds", {"0.95": "p95_processing_time_ms"},
+     "Batch duration percentiles over the window."),
+)
+# (family name = get_histograms() key, unit, help)
+_HISTOGRAMS = (
+    ("item_latency_seconds", "seconds", "Per-item latency, enqueue to result, since creation."),
+    ("item_queue_time_seconds", "seconds", "Per-item wait from enqueue to its batch's start, since creation."),
+    ("batch_processing_seconds", "seconds",
+     "Batch duration (assembly, function with retries, split), since creation."),
+    ("batch_size_samples", "samples", "Samples per batch, since creation."),
 )
 # Window keys that are a rate or a count rather than "no data" when the window is empty.
 _ZERO_WHEN_EMPTY = frozenset({"throughput"})
@@ -174,12 +190,18 @@ class PrometheusCollector:
                     families[name].add_metric(labels, float(stats[key]))
             for name, key, scale, _, _ in _GAUGES:
                 families[name].add_metric(labels, _value(stats, key, scale, empty))
-            for name, quantiles, _ in _SUMMARIES:
+            for name, quantiles, _ in _WINDOW_QUANTILES:
                 family = families[name]
                 for quantile, key in quantiles.items():
                     family.samples.append(Sample(family.name, {"processor": processor.name,
                                                                "quantile": quantile},
                                                  _value(stats, key, _MS, empty)))
+            histograms = processor.get_histograms()
+            for name, _, _ in _HISTOGRAMS:
+                h = histograms[name]
+                buckets = [(repr(bound), float(count)) for bound, count in zip(h.bounds, h.counts)]
+                buckets.append(("+Inf", float(h.observations)))
+                families[name].add_metric(labels, buckets, h.sum)
             families["processor"].add_metric(labels, {"core": str(stats["core"])})
         yield from families.values()
 
@@ -191,9 +213,11 @@ class PrometheusCollector:
             families[name] = CounterMetricFamily(f"fastbatch_{name}", doc, labels=_LABELS)
         for name, _, _, unit, doc in _GAUGES:
             families[name] = GaugeMetricFamily(f"fastbatch_{name}", doc, labels=_LABELS, unit=unit)
-        for name, _, doc in _SUMMARIES:
-            families[name] = SummaryMetricFamily(f"fastbatch_{name}", doc, labels=_LABELS,
-                                                 unit="seconds")
+        for name, _, doc in _WINDOW_QUANTILES:
+            families[name] = GaugeMetricFamily(f"fastbatch_{name}", doc, labels=("processor", "quantile"),
+                                               unit="seconds")
+        for name, unit, doc in _HISTOGRAMS:
+            families[name] = HistogramMetricFamily(f"fastbatch_{name}", doc, labels=_LABELS, unit=unit)
         families["processor"] = InfoMetricFamily("fastbatch_processor", "Which core a processor runs.",
                                                  labels=_LABELS)
         return families

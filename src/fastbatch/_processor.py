@@ -39,20 +39,22 @@ _P = TypeVar("_P", bound="BatchProcessor[Any, Any]")
 _ids = itertools.count(1)
 _live: weakref.WeakSet[BatchProcessor[Any, Any]] = weakref.WeakSet()
 _DEFAULT = DEFAULT_PRIORITY
-#: How long a processor dropped without ``stop()`` (or alive at interpreter exit) may
-#: still drain its queue.
-DROPPED_STOP_TIMEOUT_S = 5.0
 
 
-def _stop_dropped(run: Run, name: str) -> None:
+def _stop_dropped(run: Run, name: str, timeout: float) -> None:
     """The finalizer of a running processor: it was garbage-collected, or the interpreter
-    is exiting, without ``stop()``. Stop it the way ``stop(5.0)`` would, and say so."""
+    is exiting, without ``stop()``. Stop it as ``stop(shutdown_timeout)`` would, and say
+    what could not be finished."""
     if run.state != RUNNING:
         return
     logger.warning("fastbatch: BatchProcessor %r was dropped without stop() (garbage-collected or at "
-                   "interpreter exit) with %d item(s) queued; stopping it, draining for up to %g s",
-                   name, len(run.queue), DROPPED_STOP_TIMEOUT_S)
-    run.stop(DROPPED_STOP_TIMEOUT_S)
+                   "interpreter exit) with %d item(s) queued; stopping it, draining for up to %g s "
+                   "(shutdown_timeout)", name, len(run.queue), timeout)
+    run.stop(timeout)
+    if run.abandoned:
+        logger.warning("fastbatch: BatchProcessor %r: %d item(s) were not processed within "
+                       "shutdown_timeout=%g s and failed with ProcessorStoppedError",
+                       name, run.abandoned, timeout)
 
 
 class BatchProcessor(Generic[T, R]):
@@ -77,7 +79,8 @@ class BatchProcessor(Generic[T, R]):
         self.name = name or f"batch-{next(_ids)}"
         self._counters = Counters()
         self.stats = BatchStats(config.monitoring_window, enabled=config.enable_monitoring,
-                                counters=self._counters)
+                                counters=self._counters, time_buckets=config.latency_buckets,
+                                size_buckets=config.size_buckets)
         self.sizer = BatchSizer(config)
         self._intake = Intake(self.name, config, self._counters)
         self._lock = threading.Lock()  # one start() or stop() transition at a time
@@ -121,12 +124,14 @@ class BatchProcessor(Generic[T, R]):
                       self._paused)
             self._intake.attach(run)
             self._run = run
+            self.stats.arrivals.start(_backend.monotonic_ns() / 1e9, self._counters.submitted_before)
             if self._finalizer is not None:
                 self._finalizer.detach()
                 self._finalizer = None
             if not self._managed:
                 # Holds the run, not the processor: dropping the processor stops its run.
-                self._finalizer = weakref.finalize(self, _stop_dropped, run, self.name)
+                self._finalizer = weakref.finalize(self, _stop_dropped, run, self.name,
+                                                   self.config.shutdown_timeout)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop intake at once, process what is queued while time remains, then fail the rest.
@@ -167,7 +172,8 @@ class BatchProcessor(Generic[T, R]):
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        """Stop with ``config.shutdown_timeout``: a stuck batch function cannot hang the exit."""
+        self.stop(self.config.shutdown_timeout)
 
     @property
     def is_running(self) -> bool:
@@ -247,6 +253,7 @@ class BatchProcessor(Generic[T, R]):
         state = self._state
         live = run is not None and state != STOPPED
         submitted = counts["submitted_before"] + (run.accepted() if run is not None else 0)
+        arrival_rate = self.stats.arrivals.rate(_backend.monotonic_ns() / 1e9, submitted)
         # Expired items stay in the queue until the worker drops them: count them once.
         queued = len(run.queue) if live and run is not None else 0
         queued = max(0, queued - max(0, counts["expired"] - counts["expired_dropped"]))
@@ -262,10 +269,21 @@ class BatchProcessor(Generic[T, R]):
             total_submitted=submitted,
             total_refused=counts["refused"],
             total_expired=counts["expired"],
-            arrival_rate=self.sizer.arrival_rate,
+            arrival_rate=arrival_rate,
             core=_backend.NAME,
         )
         return stats
+
+    def get_histograms(self) -> dict[str, Any]:
+        """Cumulative histograms since creation, for exporters that aggregate across processes.
+
+        Returns ``{name: HistogramSnapshot(bounds, counts, sum, count)}`` for
+        ``item_latency_seconds``, ``item_queue_time_seconds``, ``batch_processing_seconds``
+        and ``batch_size_samples``; ``counts[i]`` is how many observations were <=
+        ``bounds[i]`` and ``observations`` counts them all. Bounds come from
+        ``latency_buckets`` / ``batch_size_buckets``. All zero when ``enable_monitoring`` is off.
+        """
+        return self.stats.get_histograms()
 
     def health(self) -> HealthSnapshot:
         """Check health now (read-only: no garbage collection, no resizing)."""

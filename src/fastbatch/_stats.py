@@ -18,6 +18,7 @@ import numpy.typing as npt
 
 from . import _backend
 from ._counters import Counters
+from ._histograms import DEFAULT_TIME_BUCKETS, ArrivalMeter, Histogram, HistogramSnapshot, default_size_buckets
 
 #: Keys computed from the windows; with monitoring off they are reported as 0.0.
 WINDOW_KEYS = (
@@ -46,11 +47,15 @@ class BatchStats:
         window: number of batches the per-batch windows hold (``monitoring_window``).
         item_window: number of items the per-item latency windows hold; by default
             ``window * 100`` capped at 10,000.
-        enabled: when False, nothing is recorded in the windows (counters still count).
+        enabled: when False, nothing is recorded in the windows or the histograms
+            (counters still count).
+        time_buckets: upper bounds (seconds) of the latency, queue-time and processing-time
+            histograms; ``size_buckets``: of the batch-size histogram (samples).
     """
 
     def __init__(self, window: int = 100, item_window: int | None = None, enabled: bool = True,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None, time_buckets: Sequence[float] | None = None,
+                 size_buckets: Sequence[float] | None = None) -> None:
         if item_window is None:
             item_window = min(_ITEM_WINDOW_CAP, window * 100)
         core = _backend
@@ -63,6 +68,15 @@ class BatchStats:
         self._queue_ms = core.StatsWindow(item_window)
         self._latency_ms = core.StatsWindow(item_window)
         self._last_end_s = math.nan
+        times = DEFAULT_TIME_BUCKETS if time_buckets is None else time_buckets
+        self.histograms = {
+            "item_latency_seconds": Histogram(times),
+            "item_queue_time_seconds": Histogram(times),
+            "batch_processing_seconds": Histogram(times),
+            "batch_size_samples": Histogram(default_size_buckets(1024) if size_buckets is None
+                                            else size_buckets),
+        }
+        self.arrivals = ArrivalMeter()
 
     # Read-only views of the totals, for code that reads them as attributes.
     @property
@@ -108,6 +122,11 @@ class BatchStats:
         self._last_end_s = end_ns / 1e9
         self._queue_ms.record_elapsed_ms(enqueue_ns, start_ns)
         self._latency_ms.record_elapsed_ms(enqueue_ns, end_ns)
+        hist = self.histograms
+        hist["batch_processing_seconds"].observe((end_ns - start_ns) / 1e9)
+        hist["batch_size_samples"].observe(samples)
+        hist["item_queue_time_seconds"].observe_many((start_ns - enqueue_ns) / 1e9)
+        hist["item_latency_seconds"].observe_many((end_ns - enqueue_ns) / 1e9)
 
     def update(
         self,
@@ -127,8 +146,19 @@ class BatchStats:
         self._queue_length.record(queue_length)
         self._batch_start_s.record(end_s - processing_time)
         self._last_end_s = end_s
-        self._queue_ms.record_many(np.atleast_1d(np.asarray(queue_time, dtype=np.float64)) * 1e3)
-        self._latency_ms.record_many(np.atleast_1d(np.asarray(latency, dtype=np.float64)) * 1e3)
+        queue_s = np.atleast_1d(np.asarray(queue_time, dtype=np.float64))
+        latency_s = np.atleast_1d(np.asarray(latency, dtype=np.float64))
+        self._queue_ms.record_many(queue_s * 1e3)
+        self._latency_ms.record_many(latency_s * 1e3)
+        hist = self.histograms
+        hist["batch_processing_seconds"].observe(processing_time)
+        hist["batch_size_samples"].observe(batch_size)
+        hist["item_queue_time_seconds"].observe_many(queue_s)
+        hist["item_latency_seconds"].observe_many(latency_s)
+
+    def get_histograms(self) -> dict[str, HistogramSnapshot]:
+        """Each cumulative histogram (since creation), by name."""
+        return {name: h.snapshot() for name, h in self.histograms.items()}
 
     def record_error(self, count: int = 1) -> None:
         """Seed API: count ``count`` failed items (thread-safe)."""

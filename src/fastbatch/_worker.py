@@ -119,19 +119,22 @@ class Worker:
             self.inflight = ()
             del items, futures, enqueue_ns
 
-    def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> None:
+    def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> int:
         """Fail items that will never run (thread-safe), counting each outcome once.
 
-        ``taken``: the items had been taken for a batch (counted in flight).
+        ``taken``: the items had been taken for a batch (counted in flight). Returns how
+        many items failed (a future cancelled or expired meanwhile is not one of them).
         """
         without = futures.count(None)
         if without:
             self.counters.add(failed=without, in_flight=-without if taken else 0)
-        if without != len(futures):
-            # Each future is counted as it changes, under its lock: failed, cancelled (by
-            # its caller, maybe a moment ago) or expired while queued.
-            fail_futures(futures, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
-                         counters=self.counters, taken=taken, leaving=True)
+        if without == len(futures):
+            return without
+        # Each future is counted as it changes, under its lock: failed, cancelled (by its
+        # caller, maybe a moment ago) or expired while queued.
+        return without + fail_futures(futures, ProcessorStoppedError(message),
+                                      run_callbacks=self.callbacks.submit, counters=self.counters,
+                                      taken=taken, leaving=True)
 
     def _run_batch(self, items: list[Any], futures: list[Any], enqueue_ns: npt.NDArray[Any],
                    start_ns: int, queue_length: int) -> list[BaseException]:
@@ -162,6 +165,10 @@ class Worker:
                           in_flight=-without)
         self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=samples, queue_length=queue_length,
                                 enqueue_ns=enqueue_ns)
+        arrivals, end_s = self.stats.arrivals, end_ns / 1e9
+        if arrivals.due(end_s):
+            # At most every ArrivalMeter.step_s: the snapshot's lock is not paid per batch.
+            arrivals.mark(end_s, self.counters.snapshot()["submitted_before"] + self.queue.total_puts)
         self.sizer.observe(end_ns / 1e9, (end_ns - start_ns) / 1e9, samples, self.queue.queued_samples)
         if errors:
             if self.config.reduce_batch_on_failure:

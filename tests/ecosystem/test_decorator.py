@@ -185,7 +185,7 @@ def test_config_from_the_arguments() -> None:
     assert (cfg.max_batch_size, cfg.initial_batch_size, cfg.min_batch_size) == (8, 8, 8)
     assert (cfg.batch_timeout, cfg.max_retries, cfg.batch_generic_items) == (0.002, 0, True)
     big = fastbatch.batch(max_batch_size=500)(double).processor.config
-    assert (big.initial_batch_size, big.min_batch_size) == (100, 50)  # the defaults fit
+    assert (big.initial_batch_size, big.min_batch_size) == (500, 50)  # as BatchProcessorConfig does
     bare = fastbatch.batch(double).processor.config
     assert (bare.max_batch_size, bare.batch_timeout) == (200, 0.01)
 

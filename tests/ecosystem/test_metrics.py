@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import math
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ GAUGES = {
     "fastbatch_current_batch_size": ("current_batch_size", 1),
     "fastbatch_system_load": ("system_load", 1),
     "fastbatch_throughput_samples_per_second": ("throughput", 1),
-    "fastbatch_arrival_rate_samples_per_second": ("arrival_rate", 1),
+    "fastbatch_arrival_rate_items_per_second": ("arrival_rate", 1),
     "fastbatch_running": ("is_running", 1),
     "fastbatch_paused": ("is_paused", 1),
     "fastbatch_batch_size_avg": ("avg_batch_size", 1),
@@ -51,11 +52,13 @@ GAUGES = {
     "fastbatch_item_queue_time_avg_seconds": ("avg_queue_time_ms", MS),
     "fastbatch_batch_processing_avg_seconds": ("avg_processing_time_ms", MS),
 }
-SUMMARIES = {
-    "fastbatch_item_latency_seconds": {"0.5": "p50_latency_ms", "0.95": "p95_latency_ms",
-                                       "0.99": "p99_latency_ms"},
-    "fastbatch_batch_processing_seconds": {"0.95": "p95_processing_time_ms"},
+WINDOW_QUANTILES = {
+    "fastbatch_item_latency_window_seconds": {"0.5": "p50_latency_ms", "0.95": "p95_latency_ms",
+                                              "0.99": "p99_latency_ms"},
+    "fastbatch_batch_processing_window_seconds": {"0.95": "p95_processing_time_ms"},
 }
+HISTOGRAMS = {"fastbatch_item_latency_seconds", "fastbatch_item_queue_time_seconds",
+              "fastbatch_batch_processing_seconds", "fastbatch_batch_size_samples"}
 INFO = "fastbatch_processor_info"
 
 
@@ -73,6 +76,14 @@ def sample(families: dict[str, Any], family: str, processor: str, **labels: str)
     found = [s.value for s in families[family].samples
              if s.labels == {"processor": processor, **labels}]
     assert len(found) == 1, (family, processor, labels, families[family].samples)
+    return float(found[0])
+
+
+def hsample(families: dict[str, Any], family: str, suffix: str, processor: str, **labels: str) -> float:
+    """One sample (``_bucket``, ``_sum`` or ``_count``) of a histogram family."""
+    found = [s.value for s in families[family].samples
+             if s.name == family + suffix and s.labels == {"processor": processor, **labels}]
+    assert len(found) == 1, (family, suffix, processor, labels)
     return float(found[0])
 
 
@@ -109,13 +120,13 @@ def test_families_types_labels_and_values(make_processor: Any, gate: Any) -> Non
     fastbatch.metrics.register(alpha, beta, registry=registry)
     families = scrape(registry)
 
-    assert set(families) == {*COUNTERS, *GAUGES, *SUMMARIES, INFO}
+    assert set(families) == {*COUNTERS, *GAUGES, *WINDOW_QUANTILES, *HISTOGRAMS, INFO}
     for name in COUNTERS:
         assert families[name].type == "counter", name
-    for name in GAUGES:
+    for name in (*GAUGES, *WINDOW_QUANTILES):
         assert families[name].type == "gauge", name
-    for name in SUMMARIES:
-        assert families[name].type == "summary", name
+    for name in HISTOGRAMS:
+        assert families[name].type == "histogram", name
     for family in families.values():
         assert family.documentation, family.name
         for s in family.samples:
@@ -127,8 +138,11 @@ def test_families_types_labels_and_values(make_processor: Any, gate: Any) -> Non
             if key in stats:
                 assert sample(families, family, name) == stats[key], family
         for family, (key, scale) in GAUGES.items():
+            if key == "arrival_rate":  # a rate over time: it falls while nothing arrives
+                assert sample(families, family, name) >= stats[key] > 0, family
+                continue
             assert sample(families, family, name) == pytest.approx(float(stats[key]) * scale), family
-        for family, quantiles in SUMMARIES.items():
+        for family, quantiles in WINDOW_QUANTILES.items():
             assert {s.labels["quantile"] for s in families[family].samples
                     if s.labels["processor"] == name} == set(quantiles)
             for quantile, key in quantiles.items():
@@ -139,7 +153,24 @@ def test_families_types_labels_and_values(make_processor: Any, gate: Any) -> Non
     assert (a["total_processed"], a["total_cancelled"], a["total_refused"]) == (12, 1, 1)
     assert sample(families, "fastbatch_items_failed", "beta") == 3
     assert sample(families, "fastbatch_batch_errors", "beta") == 2 * beta.get_stats()["batch_count"]
-    assert sample(families, "fastbatch_item_latency_seconds", "alpha", quantile="0.99") > 0
+    assert sample(families, "fastbatch_item_latency_window_seconds", "alpha", quantile="0.99") > 0
+    # The histograms count every item and batch since creation, with sums that add up.
+    for processor in (alpha, beta):
+        stats, name = processor.get_stats(), processor.name
+        settled = stats["total_processed"] + stats["total_failed"]
+        assert hsample(families, "fastbatch_item_latency_seconds", "_count", name) == settled
+        assert hsample(families, "fastbatch_batch_processing_seconds", "_count", name) == stats["batch_count"]
+        assert hsample(families, "fastbatch_batch_size_samples", "_count", name) == stats["batch_count"]
+        assert hsample(families, "fastbatch_batch_size_samples", "_sum", name) == settled
+        assert hsample(families, "fastbatch_item_latency_seconds", "_bucket", name, le="+Inf") == settled
+        bounds = processor.config.size_buckets
+        assert hsample(families, "fastbatch_batch_size_samples", "_bucket", name, le=str(float(bounds[0]))) \
+            == stats["batch_count"]  # max_batch_size=1 / default sizes: every batch is small
+        latencies = [s for s in families["fastbatch_item_latency_seconds"].samples
+                     if s.name.endswith("_bucket") and s.labels["processor"] == name]
+        values = [s.value for s in latencies]
+        assert values == sorted(values), "buckets are cumulative"
+        assert hsample(families, "fastbatch_item_latency_seconds", "_sum", name) > 0
 
 
 def test_openmetrics_exposition_parses(make_processor: Any, gate: Any) -> None:
@@ -150,6 +181,8 @@ def test_openmetrics_exposition_parses(make_processor: Any, gate: Any) -> None:
     families = {f.name: f for f in om_parser.text_string_to_metric_families(text)}
     assert families["fastbatch_items_processed"].type == "counter"
     assert families["fastbatch_item_latency_seconds"].unit == "seconds"
+    assert families["fastbatch_item_latency_seconds"].type == "histogram"
+    assert families["fastbatch_batch_size_samples"].unit == "samples"
     assert families["fastbatch_processor"].type == "info"
 
 
@@ -162,7 +195,7 @@ def test_an_idle_processor_exports_nan_for_empty_windows(make_processor: Any) ->
     assert sample(families, "fastbatch_running", "idle") == 1
     assert sample(families, "fastbatch_throughput_samples_per_second", "idle") == 0
     assert math.isnan(sample(families, "fastbatch_batch_size_avg", "idle"))
-    assert math.isnan(sample(families, "fastbatch_item_latency_seconds", "idle", quantile="0.5"))
+    assert math.isnan(sample(families, "fastbatch_item_latency_window_seconds", "idle", quantile="0.5"))
 
 
 def test_scrapes_under_load_see_counters_only_grow(make_processor: Any) -> None:
@@ -182,7 +215,10 @@ def test_scrapes_under_load_see_counters_only_grow(make_processor: Any) -> None:
         t.start()
     try:
         last: dict[str, float] = dict.fromkeys(COUNTERS, 0.0)
-        for _ in range(30):
+        scrapes, give_up = 0, time.monotonic() + 10
+        # At least 30 scrapes, and on until some batches have finished meanwhile.
+        while (scrapes < 30 or last["fastbatch_items_processed"] < 20) and time.monotonic() < give_up:
+            scrapes += 1
             families = scrape(registry)
             for name in COUNTERS:
                 if families[name].samples:

@@ -78,7 +78,7 @@ def test_bad_config_field_is_refused_naming_the_field(name, value, error):
 
 @pytest.mark.parametrize("fields, named", [
     (dict(min_batch_size=10, max_batch_size=5, initial_batch_size=7), "min_batch_size"),
-    (dict(initial_batch_size=300), "initial_batch_size"),
+    (dict(initial_batch_size=300, max_batch_size=200), "initial_batch_size"),
     (dict(queue_warning_threshold=500, queue_critical_threshold=500), "queue_warning_threshold"),
     (dict(memory_warning_threshold=90.0), "memory_warning_threshold"),
     (dict(memory_critical_threshold=60.0), "memory_critical_threshold"),
