@@ -60,18 +60,18 @@ class Row:
 
 
 ROWS = [
-    Row(1, "items/s", "items_per_s", "/s", True),
-    Row(2, "items/s", "items_per_s", "/s", True),
-    Row(3, "items/s", "items_per_s", "/s", True),
+    Row(1, "throughput", "items_per_s", "items/s", True),
+    Row(2, "throughput", "items_per_s", "items/s", True),
+    Row(3, "throughput", "items_per_s", "items/s", True),
     Row(4, "latency p50", "p50_ms", "ms", False, "{:.2f}"),
     Row(4, "latency p99", "p99_ms", "ms", False, "{:.2f}"),
     Row(4, "p99 bound", "bound_ms", "ms", False, "{:.2f}"),
-    Row(5, "items/s", "items_per_s", "/s", True),
-    Row(5, "GB/s of items", "gbps", "GB/s", True, "{:.2f}"),
-    Row(5, "copy GB/s", "copy_gbps", "GB/s", True, "{:.2f}"),
-    Row(5, "GB/s / copy GB/s", "fraction_of_copy", "", True, "{:.2f}"),
+    Row(5, "throughput", "items_per_s", "items/s", True),
+    Row(5, "bandwidth of items", "gbps", "GB/s", True, "{:.2f}"),
+    Row(5, "single-thread copy", "copy_gbps", "GB/s", True, "{:.2f}"),
+    Row(5, "items / copy bandwidth", "fraction_of_copy", "", True, "{:.2f}"),
     Row(6, "get_stats p50", "stats_us_p50", "µs", False, "{:,.1f}"),
-    Row(6, "worker drain", "drain_items_per_s", "/s", True),
+    Row(6, "worker drain", "drain_items_per_s", "items/s", True),
     Row(6, "drain, get_stats poller / alone", "drain_ratio", "", True, "{:.2f}"),
     Row(6, "drain, busy-Python control / alone", "drain_ratio_control", "", True, "{:.2f}"),
 ]

@@ -22,6 +22,7 @@ from ._errors import (
 )
 from ._future import BatchFuture
 from ._health import HealthSnapshot
+from ._histograms import HistogramSnapshot
 from ._processor import BatchProcessor
 from ._stats import BatchStats
 
@@ -39,6 +40,7 @@ __all__ = [
     "BatchStats",
     "FastBatchError",
     "HealthSnapshot",
+    "HistogramSnapshot",
     "ItemExpiredError",
     "ItemTimeoutError",
     "ProcessorStoppedError",

@@ -1,6 +1,6 @@
 """Adaptive batch sizing: where the batch size goes after each batch.
 
-The seed's rule (ADAPTIVE): keep an exponential moving average of the batch processing
+The classic rule (ADAPTIVE): keep an exponential moving average of the batch processing
 time, call ``load = ema / batch_timeout``; shrink the size by 20 % above 0.8, grow it by
 20 % below 0.4, always within ``[min_batch_size, max_batch_size]``.
 
@@ -55,7 +55,7 @@ class BatchSizer:
 
     @property
     def load(self) -> float:
-        """The seed's system load: EMA of processing time over ``batch_timeout``, in [0, 1]."""
+        """The classic system load: EMA of processing time over ``batch_timeout``, in [0, 1]."""
         if math.isnan(self.ema_processing_s):
             return 0.0
         return min(1.0, self.ema_processing_s / self._timeout_s)

@@ -131,7 +131,7 @@ class BatchProcessorConfig:
     queue_critical_threshold: int = 500
     enable_memory_optimization: bool = True
     gc_batch_threshold: int = 32
-    # Fields of the original implementation (DESIGN.md).
+    # Further fields of the classic API.
     item_timeout: float | None = 10.0
     max_workers: int = 4
     max_batch_memory_mb: float | None = None

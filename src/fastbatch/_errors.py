@@ -1,7 +1,7 @@
 """Exception types raised by fastbatch.
 
 Each one subclasses the stdlib exception a caller would already catch (``queue.Full``,
-``TimeoutError``, ``ValueError`` ...) so that code written for the seed's processor keeps
+``TimeoutError``, ``ValueError`` ...) so that code written for the classic processor API keeps
 working, plus :class:`FastBatchError` so that callers can catch everything of ours at once.
 """
 

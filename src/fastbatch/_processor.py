@@ -211,7 +211,7 @@ class BatchProcessor(Generic[T, R]):
         """Queue ``item`` and return a future of its result (its rows of the batch result).
 
         Arguments as for :meth:`enqueue`. A full queue gives a future failed with
-        ``QueueFullError`` (seed behaviour), or raises it when ``raise_on_queue_full``.
+        ``QueueFullError`` (the classic behaviour), or raises it when ``raise_on_queue_full``.
 
         Raises:
             ProcessorStoppedError: the processor is not running.
@@ -246,7 +246,7 @@ class BatchProcessor(Generic[T, R]):
         self.sizer.set(int(new_size))
 
     def get_stats(self) -> dict[str, Any]:
-        """A snapshot of every statistic the seed lists, plus a few of ours (README)."""
+        """A snapshot of every statistic of the classic API, plus a few of ours (README)."""
         counts = self._counters.snapshot()
         stats = self.stats.get_stats(counts)
         run = self._run

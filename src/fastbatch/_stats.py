@@ -41,7 +41,7 @@ def _num(value: float) -> float:
 
 
 class BatchStats:
-    """Processing statistics over the last ``window`` batches (seed API kept).
+    """Processing statistics over the last ``window`` batches (classic API kept).
 
     Args:
         window: number of batches the per-batch windows hold (``monitoring_window``).
@@ -136,7 +136,7 @@ class BatchStats:
         latency: float | Sequence[float],
         queue_length: int,
     ) -> None:
-        """Seed API: record a batch from times in seconds (per-item or one for all)."""
+        """Classic API: record a batch from times in seconds (per-item or one for all)."""
         end_s = _backend.monotonic_ns() / 1e9
         self.counters.add(batches=1, processed=batch_size, samples=batch_size)
         if not self.enabled:
@@ -161,7 +161,7 @@ class BatchStats:
         return {name: h.snapshot() for name, h in self.histograms.items()}
 
     def record_error(self, count: int = 1) -> None:
-        """Seed API: count ``count`` failed items (thread-safe)."""
+        """Classic API: count ``count`` failed items (thread-safe)."""
         self.counters.add(external_errors=count)
 
     def get_stats(self, counts: dict[str, Any] | None = None) -> dict[str, Any]:

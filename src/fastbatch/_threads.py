@@ -93,7 +93,7 @@ def _invoke(futures: Sequence[Any]) -> None:
 
 
 class ItemPool:
-    """``max_workers`` daemon threads for the seed's one-call-per-item processing."""
+    """``max_workers`` daemon threads for the classic one-call-per-item processing."""
 
     def __init__(self, name: str, size: int, registry: set[threading.Thread]) -> None:
         self.name = name

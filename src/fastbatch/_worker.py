@@ -300,7 +300,7 @@ class Worker:
         return results, errors
 
     def _itemwise_batch(self, items: list[Any]) -> tuple[list[Any], dict[int, BaseException]]:
-        """Seed behaviour for non-array items: one call each on ``max_workers`` threads."""
+        """The classic behaviour for non-array items: one call each on ``max_workers`` threads."""
         if self._pool is None:
             self._pool = ItemPool(self.name, self.config.max_workers, self.run.batch_threads)
         calls = [self._pool.submit(self._call_with_retries, item) for item in items]

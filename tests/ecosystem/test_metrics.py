@@ -282,3 +282,24 @@ def test_a_collector_can_be_registered_by_hand(make_processor: Any) -> None:
     registry = CollectorRegistry()
     registry.register(fastbatch.metrics.PrometheusCollector([make_processor(name="manual")]))
     assert sample(scrape(registry), "fastbatch_running", "manual") == 0
+
+
+def test_the_example_dashboard_queries_only_exported_series(make_processor: Any, gate: Any) -> None:
+    import json
+    import pathlib
+    import re
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "examples" / "grafana-dashboard.json"
+    if not path.is_file():
+        pytest.skip("needs the source checkout's examples/")
+    alpha, _ = busy_processors(make_processor, gate)
+    registry = CollectorRegistry()
+    fastbatch.metrics.register(alpha, registry=registry)
+    exported = {s.name for family in scrape(registry).values() for s in family.samples}
+    dashboard = json.loads(path.read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    queries.append(dashboard["templating"]["list"][1]["query"]["query"])
+    assert len(queries) > 10
+    for query in queries:
+        for name in re.findall(r"fastbatch_[a-z_]+", query):
+            assert name in exported, f"{name} in {query!r} is not exported"
