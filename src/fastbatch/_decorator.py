@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
 
+from ._batch_call import is_coroutine_function
 from ._config import BatchPriority, BatchProcessorConfig
 from ._errors import ProcessorStoppedError
 from ._future import BatchFuture
@@ -209,6 +210,19 @@ class BatchedFunction(Generic[T, R]):
         self._runner.processor.stop(timeout)
 
 
+class AsyncBatchedFunction(BatchedFunction[T, R]):
+    """A :class:`BatchedFunction` of a coroutine function: calling it returns a coroutine.
+
+    ``await fn(item)`` is ``await fn.call_async(item)``; the wrapped ``async def`` runs on
+    an event loop of the processor's own (``BatchProcessor.start``).
+    """
+
+    async def __call__(self, item: T, *, timeout: float | None = None,  # type: ignore[override]
+                       priority: BatchPriority | int = BatchPriority.NORMAL) -> R:
+        """Process ``item`` in a batch and await its result (as :meth:`call_async`)."""
+        return await self.call_async(item, timeout=timeout, priority=priority)
+
+
 @overload
 def batch(func: Callable[[Any], Any], /) -> BatchedFunction[Any, Any]: ...
 
@@ -228,10 +242,12 @@ def batch(func: Callable[[Any], Any] | None = None, /, *, max_batch_size: int | 
     items — and returns one result per sample (an array of ``n`` rows, or a sequence of
     ``n``). The decorated object is called with one item: ``fn(item)`` blocks the calling
     thread, ``await fn.call_async(item)`` suspends the calling coroutine, ``fn.submit``
-    returns a future. Calls from many threads and tasks are batched together.
+    returns a future. Calls from many threads and tasks are batched together. A
+    coroutine function (``async def``) gives an :class:`AsyncBatchedFunction`:
+    ``await fn(item)``.
 
     Lifecycle: the processor starts on the first call; ``fn.stop()`` stops it and the
-    next call starts it again; it is stopped for good (queued items get 5 s) when ``fn``
+    next call starts it again; it is stopped for good (queued items get ``shutdown_timeout``) when ``fn``
     is garbage-collected or the interpreter exits. Decorate functions (or wrap bound
     methods per instance), not methods in a class body.
 
@@ -259,6 +275,7 @@ def batch(func: Callable[[Any], Any] | None = None, /, *, max_batch_size: int | 
     def decorate(f: Callable[[Any], Any]) -> BatchedFunction[Any, Any]:
         if not callable(f):
             raise TypeError(f"@fastbatch.batch decorates a callable, not {type(f).__name__}")
-        return BatchedFunction(f, dataclasses.replace(config), name)
+        kind = AsyncBatchedFunction if is_coroutine_function(f) else BatchedFunction
+        return kind(f, dataclasses.replace(config), name)
 
     return decorate if func is None else decorate(func)

@@ -102,14 +102,18 @@ class BatchProcessor(Generic[T, R]):
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    def start(self, process_func: Callable[[Any], Any]) -> None:
+    def start(self, process_func: Callable[[Any], Any], *, loop: Any = None) -> None:
         """Start the worker (and the health monitor) with ``process_func``.
 
         ``process_func`` receives a batch (an ``(n, ...)`` array for array items, one item
-        or a list for other items, see the README) and returns one result per sample.
+        or a list for other items, see the README) and returns one result per sample. It
+        may be a coroutine function (``async def``): it then runs on ``loop`` when given
+        (an event loop running in another thread, for a function bound to a client or
+        session on that loop), else on an event loop of the processor's own.
 
         Raises:
-            TypeError: ``process_func`` is not callable.
+            TypeError: ``process_func`` is not callable, or ``loop`` is not an event loop.
+            ValueError: ``loop`` is closed.
             RuntimeError: the processor is already running or still stopping.
         """
         if not callable(process_func):
@@ -121,7 +125,7 @@ class BatchProcessor(Generic[T, R]):
             if old is not None:
                 self._counters.close_run(old.accepted())
             run = Run(self.name, self.config, process_func, self.sizer, self.stats, self._counters,
-                      self._paused)
+                      self._paused, loop)
             self._intake.attach(run)
             self._run = run
             self.stats.arrivals.start(_backend.monotonic_ns() / 1e9, self._counters.submitted_before)
@@ -231,19 +235,23 @@ class BatchProcessor(Generic[T, R]):
 
     # -- control and observation ----------------------------------------------------------
 
-    def update_batch_size(self, new_size: int) -> None:
-        """Set the batch size (samples) used from the next batch on.
+    def update_batch_size(self, new_size: int) -> int:
+        """Set the batch size (samples) used from the next batch on; returns the size applied.
+
+        As in the classic API, a size outside ``[min_batch_size, max_batch_size]`` is
+        clamped into it (logged at DEBUG on the ``fastbatch`` logger).
 
         Raises:
             TypeError: ``new_size`` is not an int.
-            ValueError: ``new_size`` is outside ``[min_batch_size, max_batch_size]``.
         """
         if isinstance(new_size, bool) or not isinstance(new_size, (int, np.integer)):
             raise TypeError(f"new_size must be an int, not {type(new_size).__name__}")
-        lo, hi = self.config.min_batch_size, self.config.max_batch_size
-        if not lo <= new_size <= hi:
-            raise ValueError(f"new_size={new_size} is outside [min_batch_size={lo}, max_batch_size={hi}]")
-        self.sizer.set(int(new_size))
+        applied = self.sizer.set(int(new_size))
+        if applied != new_size:
+            logger.debug("fastbatch %s: update_batch_size(%d) clamped to %d (min_batch_size=%d, "
+                         "max_batch_size=%d)", self.name, new_size, applied, self.config.min_batch_size,
+                         self.config.max_batch_size)
+        return applied
 
     def get_stats(self) -> dict[str, Any]:
         """A snapshot of every statistic of the classic API, plus a few of ours (README)."""

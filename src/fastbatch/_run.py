@@ -30,6 +30,7 @@ from typing import Any
 
 from . import _backend
 from ._adaptive import BatchSizer
+from ._batch_call import BatchCall
 from ._config import BatchProcessorConfig
 from ._counters import Counters
 from ._deadlines import DeadlineReaper
@@ -54,7 +55,8 @@ class Run:
     """One lifetime of a processor: started on creation, ended by :meth:`stop`."""
 
     def __init__(self, name: str, config: BatchProcessorConfig, func: Callable[[Any], Any],
-                 sizer: BatchSizer, stats: BatchStats, counters: Counters, paused: bool) -> None:
+                 sizer: BatchSizer, stats: BatchStats, counters: Counters, paused: bool,
+                 loop: Any = None) -> None:
         self.name = name
         self.counters = counters
         self.state = RUNNING
@@ -69,12 +71,14 @@ class Run:
         # the run started; identity by object, never by name.
         self.batch_threads: set[threading.Thread] = set()
         self.helper_threads: set[threading.Thread] = set()
+        # First: it checks ``loop`` before any thread starts.
+        self.call = BatchCall(func, loop, name, self.abort, self.batch_threads)
         self.queue: Any = _backend.RequestQueue(config.max_queue_size, config.enable_priority_queue)
         if paused:
             self.queue.pause()
         self.callbacks = CallbackRunner(name, self.helper_threads)
         self.reaper = DeadlineReaper(name, self.callbacks.submit, counters, self.helper_threads)
-        self.worker = Worker(self, config, func, sizer, stats)
+        self.worker = Worker(self, config, self.call, sizer, stats)
         self.batch_threads.add(self.worker.thread)
         self.monitor = HealthMonitor(name, config, sizer, self.queue.__len__,
                                      lambda: self.worker.batch_started_ns)
@@ -179,6 +183,9 @@ class Run:
         try:
             self.monitor.stop(left())
             self.reaper.stop(left())
+            if not self.call.close(left()):
+                logger.warning("fastbatch %s: the batch function's event loop is still running after "
+                               "stop(); its thread is left to finish on its own", self.name)
             # Last: everything that can finish a future has stopped.
             if not self.callbacks.stop(left()):
                 logger.warning("fastbatch %s: a done-callback is still running after stop(); the "

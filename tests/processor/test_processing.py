@@ -151,12 +151,22 @@ def test_update_batch_size_takes_effect(make_processor, gate):
     gate.release.set()
     concurrent.futures.wait(futures, timeout=10)
     assert [len(b) for b in gate.batches] == [1, 3, 3, 3]
-    with pytest.raises(ValueError, match=r"outside \[min_batch_size=1, max_batch_size=50\]"):
-        processor.update_batch_size(51)
     with pytest.raises(TypeError):
         processor.update_batch_size(2.5)
     with pytest.raises(TypeError):
         processor.update_batch_size(True)
+
+
+def test_update_batch_size_clamps_as_the_classic_api_did(make_processor, caplog):
+    processor = make_processor(lambda b: b, min_batch_size=5, max_batch_size=50, initial_batch_size=10)
+    with caplog.at_level("DEBUG", logger="fastbatch"):
+        assert processor.update_batch_size(10_000) == 50
+        assert processor.get_stats()["current_batch_size"] == 50
+        assert processor.update_batch_size(0) == 5
+        assert processor.update_batch_size(np.int64(7)) == 7
+    assert processor.get_stats()["current_batch_size"] == 7
+    clamped = [r.getMessage() for r in caplog.records if "clamped" in r.getMessage()]
+    assert len(clamped) == 2 and "update_batch_size(10000) clamped to 50" in clamped[0], clamped
 
 
 def test_batch_released_by_size_before_timeout(make_processor, gate):

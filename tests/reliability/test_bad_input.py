@@ -385,7 +385,7 @@ def test_generic_processor_refuses_arrays_and_none(make_processor):
     assert processor.enqueue_predict(3).result(timeout=5) == ("r", 3)
 
 
-@pytest.mark.parametrize("size", [0, 201, 2.5, True, "10"])
+@pytest.mark.parametrize("size", [2.5, True, "10", None])
 def test_update_batch_size_refuses_bad_sizes(make_processor, size):
     processor = make_processor(lambda b: b)
     before = processor.get_stats()["current_batch_size"]

@@ -1,0 +1,139 @@
+"""How the batch function is called: directly, or, for a coroutine function, on an event loop.
+
+The worker (and the per-item threads) call ``BatchCall(batch)`` and get the result either
+way. A coroutine function (``async def``, or any callable whose call returns a coroutine)
+runs on an event loop: the caller's, given as ``start(fn, loop=loop)`` (for functions
+bound to a client or session living on that loop), or else one the run owns, on its own
+thread, started at the first call and stopped with the run. The calling thread blocks
+until the coroutine finishes, as it would on a synchronous function, and gives up on it
+(cancelling the task) when the run is abandoned by ``stop(timeout)``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import inspect
+import threading
+import types
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ProcessorStoppedError
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio is imported where a coroutine is first met: `import fastbatch` stays light.
+
+# How often a thread waiting for a coroutine looks at the run's abort flag and the loop.
+_POLL_S = 0.05
+
+
+def is_coroutine_function(func: Any) -> bool:
+    """``async def`` functions, partials of them and objects with an ``async __call__``."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(
+        getattr(type(func), "__call__", None))
+
+
+class BatchCall:
+    """The run's way of calling the batch function (thread-safe)."""
+
+    def __init__(self, func: Callable[[Any], Any], loop: asyncio.AbstractEventLoop | None, name: str,
+                 abort: threading.Event, registry: set[threading.Thread]) -> None:
+        if loop is not None:
+            import asyncio
+        if loop is not None and not isinstance(loop, asyncio.AbstractEventLoop):
+            raise TypeError(f"loop must be an asyncio event loop, not {type(loop).__name__}")
+        if loop is not None and loop.is_closed():
+            raise ValueError("loop is closed: give start() a running event loop")
+        self.func = func
+        self.name = name
+        self.is_async = is_coroutine_function(func)
+        self._given_loop = loop
+        self._abort = abort
+        self._registry = registry
+        self._lock = threading.Lock()  # guards the owned loop's creation and shutdown
+        self._own_loop: asyncio.AbstractEventLoop | None = None
+        self._own_thread: threading.Thread | None = None
+        self._closed = False
+
+    def __call__(self, arg: Any) -> Any:
+        result = self.func(arg)
+        if type(result) is types.CoroutineType:
+            return self._await(result)
+        return result
+
+    # -- coroutines ------------------------------------------------------------------------
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        if self._given_loop is not None:
+            return self._given_loop
+        with self._lock:
+            if self._closed:
+                raise ProcessorStoppedError(f"BatchProcessor {self.name!r} stopped: its event loop is closed")
+            if self._own_loop is None:
+                import asyncio
+
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+                thread = threading.Thread(target=self._serve, args=(loop, ready), daemon=True,
+                                          name=f"fastbatch-loop-{self.name}")
+                # It runs the batch function: a wait there on our own futures is a self-wait.
+                self._registry.add(thread)
+                thread.start()
+                if not ready.wait(5.0):  # pragma: no cover - a thread that cannot start
+                    raise RuntimeError(f"fastbatch {self.name}: the event loop thread did not start")
+                self._own_loop, self._own_thread = loop, thread
+            return self._own_loop
+
+    @staticmethod
+    def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def _await(self, coro: types.CoroutineType[Any, Any, Any]) -> Any:
+        import asyncio
+
+        try:
+            loop = self._loop()
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+        except BaseException:
+            coro.close()  # never awaited: no "coroutine was never awaited" warning
+            raise
+        while True:
+            try:
+                return future.result(timeout=_POLL_S)
+            except concurrent.futures.TimeoutError:
+                pass
+            if self._abort.is_set():
+                future.cancel()
+                raise ProcessorStoppedError(f"BatchProcessor {self.name!r} stopped while the batch "
+                                            "function's coroutine was running")
+            if loop.is_closed() or not loop.is_running():
+                future.cancel()
+                raise RuntimeError(f"the event loop given to start(loop=...) of BatchProcessor "
+                                   f"{self.name!r} stopped running before the batch function's "
+                                   "coroutine finished")
+
+    def close(self, timeout: float | None) -> bool:
+        """Stop the owned loop (if any) and join its thread; False if it did not end in time."""
+        with self._lock:
+            self._closed = True
+            loop, thread = self._own_loop, self._own_thread
+        if loop is None or thread is None:
+            return True
+        try:
+            loop.call_soon_threadsafe(loop.stop)
+        except RuntimeError:  # already closed
+            pass
+        thread.join(timeout)
+        return not thread.is_alive()
