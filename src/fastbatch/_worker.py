@@ -14,7 +14,7 @@ import concurrent.futures
 import gc
 import logging
 import threading
-from collections.abc import Callable, Mapping, Set as AbstractSet
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from ._config import BatchProcessorConfig
 from ._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
                       ResultMismatchError)
 from ._future import add_note, fail_futures, forget_notes, resolve_batch, start_batch
+from ._results import check_result, check_sequence, split_result
 from ._stats import BatchStats
 from ._threads import ItemPool
 
@@ -225,14 +226,15 @@ class Worker:
         result = self._call_with_retries(batch, n) if whole else self.func(batch)
         del batch  # our reference must not keep the assembler from reusing its buffer
         if split:
-            return self.assembler.split(result)
-        _check_length(result, n)
+            rows: list[Any] = split_result(self.assembler, result, n)
+            return rows
+        check_result(result, n)
         return None
 
     def _run_list(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any]:
         part = items if hi - lo == len(items) else items[lo:hi]
         result = self._call_with_retries(part, len(part)) if part is items else self.func(part)
-        _check_sequence(result, len(part))
+        check_sequence(result, len(part))
         return list(result)
 
     def _run_isolated(self, run: Callable[[list[Any], int, int, bool], list[Any] | None],
@@ -355,25 +357,6 @@ def _as_failure(exc: BaseException) -> BaseException:
                                 "re-raised in the callers' threads (see __cause__)")
     wrapped.__cause__ = exc
     return wrapped
-
-
-def _check_length(result: Any, samples: int) -> None:
-    """The result must have one entry per sample (``BatchAssembler.split``'s rule)."""
-    try:
-        n = len(result)
-    except TypeError:
-        raise ResultMismatchError(f"the batch function returned {type(result).__name__}, "
-                                  f"expected a sequence of {samples} results") from None
-    if n != samples:
-        raise ResultMismatchError(f"the batch function returned {n} results for a batch of {samples} samples")
-
-
-def _check_sequence(result: Any, samples: int) -> None:
-    """A list batch's result: a sequence of one result per item, in the items' order."""
-    if isinstance(result, (str, bytes, bytearray, Mapping, AbstractSet)):
-        raise ResultMismatchError(f"the batch function returned {type(result).__name__}, which cannot be "
-                                  f"split by item (expected a sequence of {samples} results)")
-    _check_length(result, samples)
 
 
 def _ours(code_globals: dict[str, Any]) -> bool:

@@ -1,0 +1,151 @@
+"""What a batch function may return for a batch of arrays, and how it is split per item.
+
+- one array with a leading dimension of the batch's sample count: each item gets its rows;
+- a tuple or a dict of such arrays (several outputs: ``(logits, embeddings)``,
+  ``{"scores": ..., "labels": ...}``): each item gets a tuple / dict of its own rows;
+- a sequence of per-sample results (a list): each item gets its own.
+
+A result handed to a future never changes afterwards. Rows are views of the result, so an
+array whose memory the function (or the batch buffer) may still write to — the function's
+own preallocated output, a view of its input, the input itself — is copied once first; a
+result the function made for this call alone is split without a copy.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Set as AbstractSet
+from typing import Any
+
+import numpy as np
+
+from ._errors import ResultMismatchError
+
+_ndarray = np.ndarray
+# A base array referred to by its child view only, read inside _shared's loop: the child,
+# the loop's variable and getrefcount's argument.
+_BASE_REFS = 3
+
+
+def _shared(result: Any, refs: int, fresh: int) -> bool:
+    """Whether ``result``'s memory is reachable other than through ``result`` itself:
+    ``refs`` references where a result made for this call alone has ``fresh``."""
+    if refs > fresh:
+        return True
+    node = result.base
+    while node is not None:
+        if sys.getrefcount(node) > _BASE_REFS:
+            return True
+        node = node.base if isinstance(node, _ndarray) else None
+    return False
+
+
+def _field_refs(fields: Any) -> list[int]:
+    refs = []
+    for field in fields:  # each: held by the container, this variable, getrefcount's argument
+        refs.append(sys.getrefcount(field))
+    return refs
+
+
+def _is_output(value: Any, samples: int) -> bool:
+    return isinstance(value, _ndarray) and value.ndim >= 1 and value.shape[0] == samples
+
+
+def _private_fields(fields: list[Any]) -> list[Any]:
+    refs = _field_refs(fields)
+    return [f.copy() if _shared(f, r, _FRESH_FIELD_REFS) else f for f, r in zip(fields, refs)]
+
+
+def split_result(assembler: Any, result: Any, samples: int, _probe: bool = False) -> Any:
+    """One result per item of the batch ``assembler`` assembled last.
+
+    Call it as ``split_result(assembler, result, samples)`` with ``result`` a local of the
+    caller and no other reference to it: that is the shape the reference count of a
+    fresh result is calibrated on.
+
+    Raises:
+        ResultMismatchError: a result that is none of the accepted kinds, or whose
+            leading dimension is not the batch's sample count.
+    """
+    refs = sys.getrefcount(result)
+    if _probe:
+        return refs
+    if result.__class__ is _ndarray:
+        if _shared(result, refs, _FRESH_REFS):
+            result = result.copy()
+        rows: list[Any] = assembler.split(result)
+        return rows
+    if isinstance(result, tuple) and result and all(_is_output(r, samples) for r in result):
+        fields = [assembler.split(f) for f in _private_fields(list(result))]
+        return list(zip(*fields))
+    if isinstance(result, Mapping) and result and all(_is_output(r, samples) for r in result.values()):
+        keys = list(result)
+        columns = [assembler.split(f) for f in _private_fields([result[k] for k in keys])]
+        return [dict(zip(keys, row)) for row in zip(*columns)]
+    if isinstance(result, (tuple, Mapping)) and result and any(
+            isinstance(r, _ndarray) for r in (result.values() if isinstance(result, Mapping) else result)):
+        raise ResultMismatchError(_several_outputs_error(result, samples))
+    rows = assembler.split(result)
+    return rows
+
+
+def _calibrate() -> tuple[int, int]:
+    """The reference counts of results made for one call alone, seen where they are tested.
+
+    Counted on this interpreter, through the same calls as at run time: how many
+    references passing an argument holds differs across Python versions.
+    """
+    result = np.empty(1)
+    fresh = split_result(None, result, 1, True)  # the worker's call shape: a local, passed on
+    several = (np.empty(1),)
+    fresh_field = _field_refs(list(several))[0]  # held by the tuple and the list, as in split_result
+    return fresh, fresh_field
+
+
+_FRESH_REFS, _FRESH_FIELD_REFS = _calibrate()
+
+
+def _several_outputs_error(result: Any, samples: int) -> str:
+    items = result.items() if isinstance(result, Mapping) else enumerate(result)
+    described = ", ".join(f"{k!r}: {_describe(v)}" for k, v in items)
+    kind = "dict" if isinstance(result, Mapping) else "tuple"
+    return (f"the batch function returned a {kind} of {len(result)} outputs ({described}) for a "
+            f"batch of {samples} samples: several outputs must each be an array whose leading "
+            f"dimension is {samples} (return a list for one result per sample)")
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, _ndarray):
+        return f"array of shape {value.shape}"
+    return type(value).__name__
+
+
+def check_result(result: Any, samples: int) -> None:
+    """The checks of :func:`split_result`, for a batch whose items want no result back."""
+    if isinstance(result, tuple) and result and all(_is_output(r, samples) for r in result):
+        return
+    if isinstance(result, Mapping) and result and all(_is_output(r, samples) for r in result.values()):
+        return
+    if isinstance(result, (tuple, Mapping)) and result and any(
+            isinstance(r, _ndarray) for r in (result.values() if isinstance(result, Mapping) else result)):
+        raise ResultMismatchError(_several_outputs_error(result, samples))
+    _check_length(result, samples)
+
+
+def check_sequence(result: Any, samples: int) -> None:
+    """A list batch's result: a sequence of one result per item, in the items' order."""
+    if isinstance(result, (str, bytes, bytearray, Mapping, AbstractSet)):
+        raise ResultMismatchError(f"the batch function returned {type(result).__name__}, which cannot be "
+                                  f"split by item (expected a sequence of {samples} results)")
+    _check_length(result, samples)
+
+
+def _check_length(result: Any, samples: int) -> None:
+    """The result must have one entry per sample (``BatchAssembler.split``'s rule)."""
+    try:
+        n = len(result)
+    except TypeError:
+        raise ResultMismatchError(f"the batch function returned {type(result).__name__}, "
+                                  f"expected a sequence of {samples} results") from None
+    if n != samples:
+        raise ResultMismatchError(f"the batch function returned {n} results for a batch of {samples} samples")
