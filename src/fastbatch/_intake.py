@@ -9,6 +9,7 @@ priority, no deadline) costs one C call: the queue's ``put_row`` checks the row 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from typing import Any
@@ -26,6 +27,7 @@ _DEFAULT = DEFAULT_PRIORITY
 # Accepts the enum members and their int values; bools are refused separately.
 _PRIORITIES = {int(p): int(p) for p in BatchPriority}
 _ndarray = np.ndarray
+logger = logging.getLogger("fastbatch")
 
 
 def check_timeout(timeout: Any, name: str = "timeout") -> float | None:
@@ -183,9 +185,12 @@ class Intake:
                                 f"{_shape(self._sample_shape)}); got {type(item).__name__}")
             if self._kind is None:
                 with self._lock:
+                    first = self._kind is None
                     self._kind = self._kind or "generic"
                 if self._kind != "generic":
                     return self.describe(item)
+                if first and not self._config.batch_generic_items:
+                    self._say_not_batched(item)
             return 1, 0
         if self._kind == "generic":
             raise TypeError("this processor was given non-array items; an array cannot be batched with them")
@@ -217,6 +222,16 @@ class Intake:
                                   f"{_shape(item.shape)}) but the batch has sample shape "
                                   f"{_shape(self._sample_shape)}")
         return int(samples), item.nbytes
+
+    def _say_not_batched(self, item: Any) -> None:
+        """Once per run: items that are not numpy arrays each get their own call."""
+        kind = type(item)
+        hint = (" It offers __array__: pass np.asarray(item) to have it batched."
+                if hasattr(item, "__array__") else "")
+        logger.warning("fastbatch %s: items of type %s.%s are not numpy arrays, so they are not batched: "
+                       "each is processed by its own call of the batch function (on max_workers=%d "
+                       "threads).%s Set batch_generic_items=True to receive them as one list instead.",
+                       self.name, kind.__module__, kind.__qualname__, self._config.max_workers, hint)
 
     def _fix_schema(self, item: Any, sample_shape: tuple[int, ...]) -> None:
         with self._lock:

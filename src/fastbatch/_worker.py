@@ -144,12 +144,14 @@ class Worker:
         with_futures = futures.count(None) != len(futures)
         self.batch_started_ns = start_ns
         samples = len(items)
+        calls = 1  # calls of the batch function this batch stands for
         try:
             if isinstance(items[0], np.ndarray):
                 results, errors, samples = self._array_batch(items, with_futures)
             elif self.config.batch_generic_items:
                 results, errors = self._list_batch(items)
             else:
+                calls = len(items)  # one call per item: each counts as a batch of one
                 results, errors = self._itemwise_batch(items)
         except BaseException as exc:  # noqa: BLE001 - the user's function: fail the batch
             results, errors = None, dict.fromkeys(range(len(items)), _as_failure(exc))
@@ -161,11 +163,16 @@ class Worker:
         # future changes (futures stop() failed meanwhile are not counted twice).
         without = futures.count(None)
         no_future_failed = sum(1 for i in errors if futures[i] is None) if errors else 0
-        self.counters.add(batches=1, samples=samples if len(errors) < len(items) else 0,
+        self.counters.add(batches=calls, samples=samples if len(errors) < len(items) else 0,
                           processed=without - no_future_failed, failed=no_future_failed,
                           in_flight=-without)
-        self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=samples, queue_length=queue_length,
-                                enqueue_ns=enqueue_ns)
+        if calls == 1:
+            self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=samples,
+                                    queue_length=queue_length, enqueue_ns=enqueue_ns)
+        else:  # statistics never show a batch that was not one call
+            for i in range(calls):
+                self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=1,
+                                        queue_length=queue_length, enqueue_ns=enqueue_ns[i:i + 1])
         arrivals, end_s = self.stats.arrivals, end_ns / 1e9
         if arrivals.due(end_s):
             # At most every ArrivalMeter.step_s: the snapshot's lock is not paid per batch.

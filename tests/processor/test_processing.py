@@ -293,6 +293,25 @@ def test_generic_items_one_call_each(make_processor):
     assert sorted(calls) == ["a", "b", "c"]
 
 
+def test_items_processed_one_call_each_are_reported_as_batches_of_one(make_processor, caplog):
+    class ArrayLike:  # offers __array__ but is no ndarray: not batched
+        def __init__(self, v):
+            self.v = v
+
+        def __array__(self, dtype=None, copy=None):
+            return np.full(2, self.v, dtype=dtype)
+
+    with caplog.at_level("WARNING", logger="fastbatch"):
+        processor = make_processor(lambda item: item.v * 2, max_batch_size=32, batch_timeout=0.05)
+        futures = [processor.enqueue_predict(ArrayLike(i)) for i in range(12)]
+        assert [f.result(5) for f in futures] == [i * 2 for i in range(12)]
+    stats = processor.get_stats()
+    assert stats["batch_count"] == 12 and stats["avg_batch_size"] == 1.0 and stats["max_batch_size"] == 1
+    warnings = [r.getMessage() for r in caplog.records if "not batched" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # once, not per item
+    assert "ArrayLike are not numpy arrays" in warnings[0] and "np.asarray(item)" in warnings[0]
+
+
 def test_generic_items_as_a_list(make_processor):
     batches = []
     processor = make_processor(lambda items: batches.append(list(items)) or [len(s) for s in items],
