@@ -3,7 +3,8 @@
 """Compiled core of fastbatch: the request queue, the batch assembler, the stats window.
 
 The behavioural contract is ``_core.pyi``; ``_core_py.py`` is the pure-Python twin and
-the oracle this module is tested against.
+the oracle this module is tested against. The numeric kernels (memory growth, sums,
+percentiles) are inline functions of ``_numeric.pxd``.
 
 Locking discipline (the reason for most of the shapes below):
 
@@ -29,13 +30,13 @@ from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, _Py_REFCNT
 from cpython.sequence cimport PySequence_Check, PySequence_GetItem, PySequence_GetSlice
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.math cimport NAN, floor
 from libc.stdint cimport INT64_MAX, int64_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memmove
-from libcpp.algorithm cimport max_element, min_element, nth_element, sort
 
 cimport numpy as cnp
+
+from fastbatch._numeric cimport Summary, grow, summarize
 
 import threading
 
@@ -68,8 +69,6 @@ cdef extern from "_sync.hpp" nogil:
     void fb_notify_one(condition_variable&) noexcept
     void fb_notify_all(condition_variable&) noexcept
     int fb_cv_wait_until(condition_variable&, mutex&, int64_t deadline_ns) noexcept
-    double fb_lerp(double a, double b, double t) noexcept
-    void fb_min_max(const double* a, Py_ssize_t n, double* lo, double* hi) noexcept
 
 cdef extern from "Python.h":
     # Steals the reference: used to move queued PyObject* into fresh lists.
@@ -111,25 +110,6 @@ def monotonic_ns():
 
 
 # --- helpers -------------------------------------------------------------------------
-
-cdef int _grow(void** ptr, size_t nelems, size_t elsize) noexcept nogil:
-    """Resize ``*ptr`` to ``nelems * elsize`` bytes; on failure return -1, ``*ptr`` intact.
-
-    The one place memory grows (overflow-checked, like sklearn's ``safe_realloc``). It
-    does not raise: it runs under our mutexes, where taking the GIL is forbidden, so the
-    callers turn -1 into ``MemoryError`` once the lock is dropped.
-    """
-    cdef size_t nbytes
-    cdef void* p
-    if elsize != 0 and nelems > (<size_t>-1) // elsize:
-        return -1
-    nbytes = nelems * elsize
-    p = realloc(ptr[0], nbytes if nbytes > 0 else 1)
-    if p == NULL:
-        return -1
-    ptr[0] = p
-    return 0
-
 
 cdef int64_t _as_int64(object value, str name) except? -1:
     """``value`` as a C integer; ``TypeError`` for a non-integer (floats included)."""
@@ -305,7 +285,7 @@ cdef class RequestQueue:
         # Start small even when bounded: a queue of capacity 10**6 that never holds more
         # than a batch should not cost 56 MB.
         self._alloc = 64 if cap == 0 or cap > 64 else <Py_ssize_t>cap
-        if _grow(<void**>&self._buf, <size_t>self._alloc, sizeof(Request)) < 0:
+        if grow(<void**>&self._buf, <size_t>self._alloc, sizeof(Request)) < 0:
             raise MemoryError()
         self._need_samples = INT64_MAX
 
@@ -344,7 +324,7 @@ cdef class RequestQueue:
             new = max(2 * old, 64)
             if self._capacity and new > self._capacity:
                 new = self._capacity
-            if _grow(<void**>&self._heap, <size_t>new, sizeof(Request)) < 0:
+            if grow(<void**>&self._heap, <size_t>new, sizeof(Request)) < 0:
                 return -1
             self._heap_alloc = new
             return 0
@@ -354,7 +334,7 @@ cdef class RequestQueue:
         new = old * 2
         if self._capacity and new > self._capacity:
             new = self._capacity
-        if _grow(<void**>&self._buf, <size_t>new, sizeof(Request)) < 0:
+        if grow(<void**>&self._buf, <size_t>new, sizeof(Request)) < 0:
             return -1
         if self._head > 0:
             # The ring is full and wraps: slide [head, old) to the end of the new space.
@@ -555,7 +535,7 @@ cdef class RequestQueue:
                         break
                     if t.n == t.cap:
                         out = t.out
-                        if _grow(&out, <size_t>(2 * t.cap), sizeof(Request)) < 0:
+                        if grow(&out, <size_t>(2 * t.cap), sizeof(Request)) < 0:
                             break  # out of memory: hand out what we have
                         t.out = <Request*>out
                         t.cap *= 2
@@ -958,11 +938,11 @@ cdef class BatchAssembler:
         if n_items < self._plan_alloc:
             return 0
         new = <size_t>max(n_items + 1, 2 * self._plan_alloc, 16)
-        if (_grow(<void**>&self._offsets, new, sizeof(int64_t)) < 0
-                or _grow(<void**>&self._next_offsets, new, sizeof(int64_t)) < 0
-                or _grow(<void**>&self._one_row, new, 1) < 0
-                or _grow(<void**>&self._next_one_row, new, 1) < 0
-                or _grow(<void**>&self._src, new, sizeof(char*)) < 0):
+        if (grow(<void**>&self._offsets, new, sizeof(int64_t)) < 0
+                or grow(<void**>&self._next_offsets, new, sizeof(int64_t)) < 0
+                or grow(<void**>&self._one_row, new, 1) < 0
+                or grow(<void**>&self._next_one_row, new, 1) < 0
+                or grow(<void**>&self._src, new, sizeof(char*)) < 0):
             return -1
         self._plan_alloc = <Py_ssize_t>new
         return 0
@@ -1189,142 +1169,7 @@ cdef int _raise_shape_error(Py_ssize_t i, object a, object a0) except -1:
 
 # --- StatsWindow ---------------------------------------------------------------------
 
-cdef double _pairwise_sum(const double* a, Py_ssize_t n) noexcept nogil:
-    """numpy's pairwise summation (``@TYPE@_pairwise_sum``), operation for operation.
-
-    So that ``mean`` equals ``numpy.mean(values())`` to the last bit, not just closely.
-    """
-    cdef double r0, r1, r2, r3, r4, r5, r6, r7, res
-    cdef Py_ssize_t i, n2, stop
-    if n < 8:
-        res = 0.0
-        for i in range(n):
-            res += a[i]
-        return res
-    if n <= 128:
-        r0 = a[0]; r1 = a[1]; r2 = a[2]; r3 = a[3]
-        r4 = a[4]; r5 = a[5]; r6 = a[6]; r7 = a[7]
-        stop = n - n % 8
-        i = 8
-        while i < stop:
-            r0 += a[i]; r1 += a[i + 1]; r2 += a[i + 2]; r3 += a[i + 3]
-            r4 += a[i + 4]; r5 += a[i + 5]; r6 += a[i + 6]; r7 += a[i + 7]
-            i += 8
-        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            res += a[i]
-            i += 1
-        return res
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pairwise_sum(a, n2) + _pairwise_sum(a + n2, n - n2)
-
-
-cdef inline void _rank(Py_ssize_t n, double q, Py_ssize_t* lo, Py_ssize_t* hi,
-                       double* gamma) noexcept nogil:
-    """numpy's 'linear' method: neighbours and weight of the q-th percentile of n values."""
-    cdef double virtual = <double>(n - 1) * (q / 100.0)
-    cdef double below
-    if virtual >= <double>(n - 1):
-        # numpy takes the last value twice, with the index -1 used in the weight.
-        lo[0] = hi[0] = n - 1
-        gamma[0] = virtual + 1.0
-    else:
-        below = floor(virtual)
-        lo[0] = <Py_ssize_t>below
-        hi[0] = lo[0] + 1
-        gamma[0] = virtual - below
-
-
-cdef void _percentiles(double* a, Py_ssize_t n, const double* qs, Py_ssize_t m,
-                       double* out) noexcept nogil:
-    """Percentiles of ``a[:n]`` (reordered in place; no NaN in it; n >= 1)."""
-    cdef Py_ssize_t idx[16]
-    cdef Py_ssize_t lo, hi, i, j, k, start = 0, tmp
-    cdef double gamma
-    if m > 8:
-        sort(a, a + n)
-    else:
-        # Select only the order statistics needed, left to right: each nth_element
-        # works on what lies beyond the previous one.
-        k = 0
-        for i in range(m):
-            _rank(n, qs[i], &lo, &hi, &gamma)
-            idx[k] = lo
-            idx[k + 1] = hi
-            k += 2
-        for i in range(1, k):  # insertion sort of at most 16 indices
-            tmp = idx[i]
-            j = i
-            while j > 0 and idx[j - 1] > tmp:
-                idx[j] = idx[j - 1]
-                j -= 1
-            idx[j] = tmp
-        for i in range(k):
-            if idx[i] < start:
-                continue  # a duplicate, already in place
-            if idx[i] == start:
-                # The smallest of the rest (typically the neighbour of the previous
-                # one): a scan, swapped into place to keep the partition valid.
-                j = min_element(a + start, a + n) - a
-                a[start], a[j] = a[j], a[start]
-                start += 1
-            elif idx[i] == n - 1:
-                j = max_element(a + start, a + n) - a
-                a[n - 1], a[j] = a[j], a[n - 1]
-                start = n
-            else:
-                nth_element(a + start, a + idx[i], a + n)
-                start = idx[i] + 1
-    for i in range(m):
-        _rank(n, qs[i], &lo, &hi, &gamma)
-        out[i] = fb_lerp(a[lo], a[hi], gamma)
-
-
-cdef struct Summary:
-    Py_ssize_t count
-    double mean
-    double min
-    double max
-
-
-cdef bint _has_nan(const double* a, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if a[i] != a[i]:
-            return True
-    return False
-
-
-cdef void _summarize(double* a, Py_ssize_t n, const double* qs, Py_ssize_t m,
-                     Summary* s, double* out, bint moments) noexcept nogil:
-    """Percentiles of ``a[:n]``, and mean/min/max when ``moments``; NaN as numpy gives."""
-    cdef Py_ssize_t i
-    cdef bint has_nan
-    s.count = n
-    s.mean = s.min = s.max = NAN
-    if n == 0:
-        for i in range(m):
-            out[i] = NAN
-        return
-    if moments:
-        s.mean = _pairwise_sum(a, n) / <double>n
-        # A NaN value makes the sum NaN; a NaN sum may also be inf - inf: look.
-        has_nan = s.mean != s.mean and _has_nan(a, n)
-    else:
-        has_nan = _has_nan(a, n)
-    if has_nan:
-        # numpy propagates NaN through min, max and every percentile.
-        for i in range(m):
-            out[i] = NAN
-        return
-    if moments:
-        fb_min_max(a, n, &s.min, &s.max)
-    if m > 0:
-        _percentiles(a, n, qs, m, out)
-
-
-cdef list _summaries(tuple windows, tuple qss, bint moments):
+cdef list _summaries(tuple windows, tuple qss):
     """Summaries of ``windows`` (StatsWindow) with the percentiles ``qss[i]`` of each.
 
     Each window is copied under its own lock, then all copies are computed in one
@@ -1369,10 +1214,10 @@ cdef list _summaries(tuple windows, tuple qss, bint moments):
         if nv >= _NOGIL_STATS_VALUES:
             with nogil:
                 for i in range(k):
-                    _summarize(values[i], s[i].count, qs[i], m[i], &s[i], qs[i] + m[i], moments)
+                    summarize(values[i], s[i].count, qs[i], m[i], &s[i], qs[i] + m[i])
         else:
             for i in range(k):
-                _summarize(values[i], s[i].count, qs[i], m[i], &s[i], qs[i] + m[i], moments)
+                summarize(values[i], s[i].count, qs[i], m[i], &s[i], qs[i] + m[i])
         return [(s[i].count, s[i].mean, s[i].min, s[i].max,
                  tuple([qs[i][m[i] + t] for t in range(m[i])])) for i in range(k)]
     finally:
@@ -1402,7 +1247,7 @@ cdef class StatsWindow:
         cdef int64_t cap = _as_int64(capacity, "capacity")
         if cap < 1:
             raise ValueError(f"capacity must be >= 1, got {cap}")
-        if _grow(<void**>&self._ring, <size_t>cap, sizeof(double)) < 0:
+        if grow(<void**>&self._ring, <size_t>cap, sizeof(double)) < 0:
             raise MemoryError(f"cannot allocate a window of {cap} values")
         self._capacity = <Py_ssize_t>cap
 
@@ -1547,14 +1392,14 @@ cdef class StatsWindow:
 
     def percentile(self, q):
         """The q-th percentile (``0 <= q <= 100``, else ``ValueError``); NaN when empty."""
-        return _summaries((self,), ((q,),), False)[0][4][0]
+        return _summaries((self,), ((q,),))[0][4][0]
 
     def summary(self, percentiles=()):
         """``(count, mean, min, max, (percentile(q) for q in percentiles))``, one copy.
 
         Mean/min/max/percentiles are NaN when the window is empty.
         """
-        return _summaries((self,), (tuple(percentiles),), True)[0]
+        return _summaries((self,), (tuple(percentiles),))[0]
 
     @staticmethod
     def summaries(windows, percentiles):
@@ -1571,7 +1416,7 @@ cdef class StatsWindow:
         for w in ws:
             if not isinstance(w, StatsWindow):
                 raise TypeError(f"expected StatsWindow objects, got {type(w).__name__}")
-        return _summaries(ws, qss, True)
+        return _summaries(ws, qss)
 
     def clear(self):
         """Forget every value (``total_count`` restarts at 0)."""
