@@ -1,0 +1,168 @@
+"""The pure-Python twin's ``StatsWindow`` (see ``_core.pyi`` for the contract).
+
+A ring of float64 values in a numpy array under one lock; statistics are numpy's own
+(``mean``, ``min``, ``max``, ``percentile``), which the compiled core reproduces bit for
+bit in ``_numeric.pxd``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ._twin_args import as_int64, as_percentile
+
+__all__ = ["StatsWindow"]
+
+
+class StatsWindow:
+    """A fixed-size ring of float64 values: the last ``capacity`` values recorded.
+
+    Thread-safe: recording is O(1) per value under a short lock; summaries copy the ring
+    under the lock and compute outside it. Percentiles equal ``numpy.percentile``
+    (linear interpolation) on ``values()``.
+
+    Args:
+        capacity: the number of values kept (``>= 1``).
+
+    Raises:
+        TypeError: ``capacity`` is not an integer.
+        ValueError: ``capacity < 1``.
+    """
+
+    __slots__ = ("_capacity", "_lock", "_pos", "_ring", "_total")
+
+    def __init__(self, capacity: int) -> None:
+        capacity = as_int64("capacity", capacity)
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self._capacity = capacity
+        self._ring = np.zeros(capacity, dtype=np.float64)
+        self._pos = 0  # where the next value goes; the oldest value once the ring is full
+        self._total = 0
+        self._lock = threading.Lock()
+
+    @property
+    def capacity(self) -> int:
+        """The number of values the window keeps."""
+        return self._capacity
+
+    @property
+    def total_count(self) -> int:
+        """Values recorded since creation or ``clear()``, including those overwritten."""
+        return self._total
+
+    def __len__(self) -> int:
+        """Values currently in the window (``min(total_count, capacity)``)."""
+        return min(self._total, self._capacity)
+
+    def record(self, value: float) -> None:
+        """Record one value."""
+        if not isinstance(value, float):
+            if isinstance(value, (str, bytes, bytearray)):  # the compiled core's message
+                raise TypeError(f"must be real number, not {type(value).__name__}")
+            value = float(value)
+        with self._lock:
+            pos = self._pos
+            self._ring[pos] = value
+            self._pos = 0 if pos + 1 == self._capacity else pos + 1
+            self._total += 1
+
+    def record_many(self, values: npt.ArrayLike) -> None:
+        """Record each value of a 1-D float sequence, in order.
+
+        Raises:
+            ValueError: ``values`` is not one-dimensional.
+        """
+        data = np.asarray(values, dtype=np.float64)
+        if data.ndim != 1:
+            raise ValueError(f"values must be one-dimensional, got shape {data.shape}")
+        n, cap = data.shape[0], self._capacity
+        with self._lock:
+            ring = self._ring
+            if n >= cap:
+                # Only the last `cap` values survive; store them oldest first from slot 0.
+                ring[:] = data[n - cap :]
+                self._pos = 0
+            else:
+                pos = self._pos
+                head = min(n, cap - pos)
+                ring[pos : pos + head] = data[:head]
+                ring[: n - head] = data[head:]
+                self._pos = (pos + n) % cap
+            self._total += n
+
+    def record_elapsed_ms(self, start_ns: npt.NDArray[np.int64], end_ns: int) -> None:
+        """Record ``(end_ns - s) / 1e6`` for each ``s`` of ``start_ns`` (milliseconds)."""
+        starts = np.asarray(start_ns, dtype=np.int64)
+        if starts.ndim != 1:
+            raise ValueError(f"start_ns must be one-dimensional, got shape {starts.shape}")
+        # Subtract in int64 first: nanosecond timestamps lose precision as doubles.
+        self.record_many((np.int64(as_int64("end_ns", end_ns)) - starts) / 1e6)
+
+    def values(self) -> npt.NDArray[np.float64]:
+        """A copy of the window, oldest first."""
+        with self._lock:
+            if self._total < self._capacity:
+                return self._ring[: self._total].copy()
+            pos = self._pos
+            return np.concatenate((self._ring[pos:], self._ring[:pos]))
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (``0 <= q <= 100``, else ``ValueError``); NaN when empty."""
+        q = as_percentile(q)
+        data = self.values()
+        return float(np.percentile(data, q)) if data.shape[0] else math.nan
+
+    def summary(
+        self, percentiles: Sequence[float] = ()
+    ) -> tuple[int, float, float, float, tuple[float, ...]]:
+        """``(count, mean, min, max, (percentile(q) for q in percentiles))``, one copy.
+
+        ``count`` is the number of values in the window. Mean/min/max/percentiles are NaN
+        when the window is empty.
+
+        Raises:
+            ValueError: a ``q`` outside ``[0, 100]`` (or NaN).
+        """
+        qs = [as_percentile(q) for q in percentiles]
+        data = self.values()
+        n = data.shape[0]
+        if n == 0:
+            return 0, math.nan, math.nan, math.nan, tuple(math.nan for _ in qs)
+        pcts = tuple(np.percentile(data, qs).tolist()) if qs else ()
+        return n, float(data.mean()), float(data.min()), float(data.max()), pcts
+
+    @staticmethod
+    def summaries(
+        windows: Sequence[StatsWindow], percentiles: Sequence[Sequence[float]]
+    ) -> list[tuple[int, float, float, float, tuple[float, ...]]]:
+        """``[w.summary(qs) for w, qs in zip(windows, percentiles)]`` in one call.
+
+        Raises:
+            ValueError: not one percentile sequence per window, or a ``q`` outside
+                ``[0, 100]`` (or NaN).
+            TypeError: an element of ``windows`` is not a ``StatsWindow``.
+        """
+        ws = tuple(windows)
+        qss = [tuple(qs) for qs in percentiles]
+        if len(ws) != len(qss):
+            raise ValueError(
+                f"{len(ws)} windows but {len(qss)} percentile sequences: one per window"
+            )
+        for w in ws:
+            if not isinstance(w, StatsWindow):
+                raise TypeError(f"expected StatsWindow objects, got {type(w).__name__}")
+        for qs in qss:  # every q checked before any window is read, as the compiled core does
+            for q in qs:
+                as_percentile(q)
+        return [w.summary(qs) for w, qs in zip(ws, qss)]
+
+    def clear(self) -> None:
+        """Forget every value; ``total_count`` restarts from 0."""
+        with self._lock:
+            self._pos = self._total = 0
