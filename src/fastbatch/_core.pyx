@@ -42,6 +42,7 @@ import threading
 
 import numpy as np
 
+from fastbatch import _messages as msg
 from fastbatch._errors import (
     BatchDtypeError,
     BatchShapeError,
@@ -118,11 +119,11 @@ cdef int64_t _as_int64(object value, str name) except? -1:
             value = PyNumber_Index(value)
         except TypeError:
             raise TypeError(
-                f"{name} must be an integer, got {type(value).__name__}") from None
+                msg.NOT_AN_INTEGER.format(name=name, type=type(value).__name__)) from None
     try:
         return value
     except OverflowError:
-        raise OverflowError(f"{name} is out of range: {value!r}") from None
+        raise OverflowError(msg.OUT_OF_RANGE.format(name=name, value=value)) from None
 
 
 cdef int64_t _seconds_to_ns(object seconds, str name) except -2:
@@ -132,7 +133,7 @@ cdef int64_t _seconds_to_ns(object seconds, str name) except -2:
         return -1
     s = _as_double(seconds, name)
     if not s >= 0.0:  # catches NaN too
-        raise ValueError(f"{name} must be >= 0 seconds, got {seconds!r}")
+        raise ValueError(msg.NEGATIVE_SECONDS.format(name=name, value=seconds))
     if s >= _FOREVER_SECONDS:
         return -1
     return <int64_t>(s * 1e9 + 0.5)
@@ -143,7 +144,8 @@ cdef double _as_double(object value, str name) except? -1.0:
     try:
         return value
     except TypeError:
-        raise TypeError(f"{name} must be a real number, not {type(value).__name__}") from None
+        raise TypeError(
+            msg.NOT_A_REAL_NUMBER.format(name=name, type=type(value).__name__)) from None
 
 
 cdef inline int64_t _signal_check_deadline() noexcept nogil:
@@ -279,7 +281,7 @@ cdef class RequestQueue:
     def __cinit__(self, capacity=0, prioritized=False):
         cdef int64_t cap = _as_int64(capacity, "capacity")
         if cap < 0:
-            raise ValueError(f"capacity must be >= 0 (0 means unbounded), got {cap}")
+            raise ValueError(msg.QUEUE_CAPACITY.format(value=cap))
         self._capacity = <Py_ssize_t>cap
         self._prioritized = bool(prioritized)
         # Start small even when bounded: a queue of capacity 10**6 that never holds more
@@ -689,10 +691,10 @@ cdef class RequestQueue:
         cdef Request r
         r.samples = _as_int64(samples, "samples")
         if r.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {r.samples}")
+            raise ValueError(msg.SAMPLES.format(value=r.samples))
         r.nbytes = _as_int64(nbytes, "nbytes")
         if r.nbytes < 0:
-            raise ValueError(f"nbytes must be >= 0, got {r.nbytes}")
+            raise ValueError(msg.NBYTES.format(value=r.nbytes))
         r.priority = _as_int64(priority, "priority")
         self._enqueue(&r, item, future, timeout)
 
@@ -700,10 +702,10 @@ cdef class RequestQueue:
         """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in ``put_row``."""
         dt = np.dtype(dtype)
         if type(shape) is not tuple or len(shape) != 1:
-            raise ValueError(f"a row schema has a 1-D shape (n,), got {shape!r}")
+            raise ValueError(msg.ROW_SCHEMA_SHAPE.format(shape=shape))
         n = _as_int64(shape[0], "shape[0]")
         if n < 0:
-            raise ValueError(f"a row schema has a 1-D shape (n,) with n >= 0, got {shape!r}")
+            raise ValueError(msg.ROW_SCHEMA_LENGTH.format(shape=shape))
         self._row_len = <cnp.npy_intp>n
         self._row_dtype = dt
 
@@ -771,15 +773,15 @@ cdef class RequestQueue:
         Py_DECREF(item)
         Py_DECREF(future)
         if status == ST_CLOSED:
-            raise QueueClosedError("the queue is closed: put() refused")
+            raise QueueClosedError(msg.QUEUE_CLOSED)
         if status == ST_CLOSED_WHILE_WAITING:
-            raise QueueClosedError("the queue was closed while put() waited for room")
+            raise QueueClosedError(msg.QUEUE_CLOSED_WHILE_WAITING)
         if status == ST_FULL:
             if deadline == FB_NO_WAIT:
-                raise QueueFullError(f"the queue is full ({self._capacity} requests)")
+                raise QueueFullError(msg.QUEUE_FULL.format(capacity=self._capacity))
             raise QueueFullError(
-                f"the queue stayed full ({self._capacity} requests) for {timeout} s")
-        raise MemoryError("cannot grow the request queue")
+                msg.QUEUE_STAYED_FULL.format(capacity=self._capacity, timeout=timeout))
+        raise MemoryError(msg.NO_MEMORY_QUEUE)
 
     def take_batch(self, max_samples, max_bytes=0, linger=0.0, timeout=None):
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
@@ -792,13 +794,13 @@ cdef class RequestQueue:
         cdef int status
         t.max_samples = _as_int64(max_samples, "max_samples")
         if t.max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, got {t.max_samples}")
+            raise ValueError(msg.MAX_SAMPLES.format(value=t.max_samples))
         t.max_bytes = _as_int64(max_bytes, "max_bytes")
         if t.max_bytes < 0:
-            raise ValueError(
-                f"max_bytes must be >= 0 (0 means no byte budget), got {t.max_bytes}")
+            raise ValueError(msg.MAX_BYTES.format(value=t.max_bytes))
         if linger is None:
-            raise TypeError("linger must be a real number, not NoneType")
+            # (None means "forever" to _seconds_to_ns, as it does for a timeout)
+            raise TypeError(msg.NOT_A_REAL_NUMBER.format(name="linger", type="NoneType"))
         t.linger_ns = _seconds_to_ns(linger, "linger")
         t.wait_deadline = _deadline(_seconds_to_ns(timeout, "timeout"))
         t.stage = 1
@@ -828,7 +830,7 @@ cdef class RequestQueue:
             if status == ST_TIMEOUT:
                 return None
             if status == ST_CLOSED:
-                raise QueueClosedError("the queue is closed and empty")
+                raise QueueClosedError(msg.QUEUE_CLOSED_AND_EMPTY)
             return _hand_out(t.out, t.n)
         finally:
             free(t.out)
@@ -845,7 +847,7 @@ cdef class RequestQueue:
                 fb_lock(self._mutex)
                 status = self._drain(&out, &n)
         if status == ST_NOMEM:
-            raise MemoryError("cannot drain the request queue")
+            raise MemoryError(msg.NO_MEMORY_DRAIN)
         try:
             return _hand_out(out, n)
         finally:
@@ -1003,21 +1005,19 @@ cdef class BatchAssembler:
         cdef PyObject* obj
         cdef int64_t* offsets
         if self._busy:
-            raise RuntimeError("BatchAssembler used from two threads at once")
+            raise RuntimeError(msg.ASSEMBLER_BUSY)
         # A tuple of our own: the items stay alive (and in place) while we copy without
         # the GIL, whatever another thread does to the caller's list.
         seq = tuple(items)
         n = PyTuple_GET_SIZE(seq)
         if n == 0:
-            raise ValueError("cannot assemble a batch of no items")
+            raise ValueError(msg.NO_ITEMS)
         a0 = _check_item(seq, 0)
         nd0 = cnp.PyArray_NDIM(a0)
         shape0 = cnp.PyArray_DIMS(a0)
         dtype0 = cnp.PyArray_DESCR(a0)
         if _holds_objects(dtype0):
-            raise BatchDtypeError(
-                f"item 0 has dtype {str(a0.dtype)}, which holds Python objects and"
-                " cannot be batched")
+            raise BatchDtypeError(msg.OBJECT_DTYPE.format(i=0, dtype=a0.dtype))
         # Sample shape: all of a 1-D item, shape[1:] of a mini-batch.
         snd0 = 1 if nd0 == 1 else nd0 - 1
         for d in range(snd0):
@@ -1036,21 +1036,20 @@ cdef class BatchAssembler:
             dt = cnp.PyArray_DESCR(a)
             if dt != dtype0 and not cnp.PyArray_EquivTypes(<cnp.dtype>dtype0, <cnp.dtype>dt):
                 raise BatchDtypeError(
-                    f"item {i} has dtype {str(a.dtype)} but the batch has dtype"
-                    f" {str(a0.dtype)}")
+                    msg.DTYPE_MISMATCH.format(i=i, dtype=a.dtype, batch_dtype=a0.dtype))
             if (1 if nd == 1 else nd - 1) != snd0 or not _same_dims(
                     shape + (0 if nd == 1 else 1), &dims[1], snd0):
                 _raise_shape_error(i, <object>a, <object>a0)
             k = 1 if nd == 1 else shape[0]
             if k == 0:
-                raise ValueError(f"item {i} has zero samples (array shape {(<object>a).shape})")
+                raise ValueError(msg.ZERO_SAMPLES.format(i=i, shape=(<object>a).shape))
             offsets[i] = total
             self._next_one_row[i] = nd == 1
             self._src[i] = cnp.PyArray_BYTES(a) if cnp.PyArray_IS_C_CONTIGUOUS(a) else NULL
             total += k
         offsets[n] = total
         if row_bytes > 0 and total > (<Py_ssize_t>(<size_t>-1 >> 1)) // row_bytes:
-            raise MemoryError(f"a batch of {total} samples of {row_bytes} bytes is too large")
+            raise MemoryError(msg.BATCH_TOO_LARGE.format(total=total, row_bytes=row_bytes))
         nbytes = total * row_bytes
 
         # 2. The buffer: reuse it only when nothing else references it.
@@ -1103,16 +1102,14 @@ cdef class BatchAssembler:
         cdef bint is_seq
         cdef list out
         if self._busy:
-            raise RuntimeError("BatchAssembler used from two threads at once")
+            raise RuntimeError(msg.ASSEMBLER_BUSY)
         try:
             m = len(result)
         except TypeError:
-            raise ResultMismatchError(
-                f"the batch function returned {type(result).__name__}, expected a"
-                f" sequence of {total} results") from None
+            raise ResultMismatchError(msg.RESULT_WITHOUT_LENGTH.format(
+                type=type(result).__name__, total=total)) from None
         if m != total:
-            raise ResultMismatchError(
-                f"the batch function returned {m} results for a batch of {total} samples")
+            raise ResultMismatchError(msg.RESULT_LENGTH.format(n=m, total=total))
         # Slots not filled yet are NULL, which list_dealloc tolerates if a
         # __getitem__ raises half-way.
         out = PyList_New(n)
@@ -1142,9 +1139,9 @@ cdef cnp.ndarray _check_item(tuple seq, Py_ssize_t i):
     """Item ``i`` as an ndarray with ``ndim >= 1``, or the contract's error."""
     cdef object obj = <object>PyTuple_GET_ITEM(seq, i)
     if not cnp.PyArray_Check(obj):
-        raise TypeError(f"item {i} is {type(obj).__name__}, expected a numpy array")
+        raise TypeError(msg.NOT_AN_ARRAY.format(i=i, type=type(obj).__name__))
     if cnp.PyArray_NDIM(<cnp.ndarray>obj) == 0:
-        raise ValueError(f"item {i} is a 0-d array; an item needs at least one dimension")
+        raise ValueError(msg.ZERO_DIMENSIONAL.format(i=i))
     return <cnp.ndarray>obj
 
 
@@ -1161,10 +1158,9 @@ cdef int _raise_shape_error(Py_ssize_t i, object a, object a0) except -1:
     batch_sample = a0.shape if a0.ndim == 1 else a0.shape[1:]
     if a.ndim == 1:
         raise BatchShapeError(
-            f"item {i} has shape {a.shape} but the batch has shape {batch_sample}")
-    raise BatchShapeError(
-        f"item {i} has sample shape {a.shape[1:]} (array shape {a.shape}) but the batch"
-        f" has sample shape {batch_sample}")
+            msg.ROW_SHAPE_MISMATCH.format(i=i, shape=a.shape, batch_shape=batch_sample))
+    raise BatchShapeError(msg.SAMPLE_SHAPE_MISMATCH.format(
+        i=i, sample_shape=a.shape[1:], shape=a.shape, batch_shape=batch_sample))
 
 
 # --- StatsWindow ---------------------------------------------------------------------
@@ -1205,7 +1201,7 @@ cdef list _summaries(tuple windows, tuple qss):
                 q = (<tuple>qss[i])[t]
                 qv = _as_double(q, "q")
                 if not 0.0 <= qv <= 100.0:  # NaN fails too
-                    raise ValueError(f"percentile q must be between 0 and 100, got {q!r}")
+                    raise ValueError(msg.PERCENTILE_RANGE.format(q=q))
                 qs[i][t] = qv
         nv = 0
         for i in range(k):
@@ -1246,9 +1242,9 @@ cdef class StatsWindow:
     def __cinit__(self, capacity):
         cdef int64_t cap = _as_int64(capacity, "capacity")
         if cap < 1:
-            raise ValueError(f"capacity must be >= 1, got {cap}")
+            raise ValueError(msg.WINDOW_CAPACITY.format(value=cap))
         if grow(<void**>&self._ring, <size_t>cap, sizeof(double)) < 0:
-            raise MemoryError(f"cannot allocate a window of {cap} values")
+            raise MemoryError(msg.NO_MEMORY_WINDOW.format(capacity=cap))
         self._capacity = <Py_ssize_t>cap
 
     def __dealloc__(self):
@@ -1354,16 +1350,18 @@ cdef class StatsWindow:
     def __repr__(self):
         return f"<{type(self).__name__} {len(self)}/{self._capacity} values>"
 
-    def record(self, double value):
-        """Record one value."""
-        self._append(&value, 1)
+    def record(self, value):
+        """Record one value (a real number; ``TypeError`` otherwise)."""
+        cdef double v = _as_double(value, "value")
+        self._append(&v, 1)
 
     def record_many(self, values):
         """Record each value of a 1-D float sequence, in order."""
         cdef cnp.ndarray arr = cnp.PyArray_FROMANY(
             values, cnp.NPY_FLOAT64, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
         if cnp.PyArray_NDIM(arr) != 1:
-            raise ValueError(f"values must be one-dimensional, got shape {(<object>arr).shape}")
+            raise ValueError(
+                msg.NOT_ONE_DIMENSIONAL.format(name="values", shape=(<object>arr).shape))
         self._append(<const double*>cnp.PyArray_DATA(arr), cnp.PyArray_SIZE(arr))
 
     def record_elapsed_ms(self, start_ns, end_ns):
@@ -1373,7 +1371,7 @@ cdef class StatsWindow:
             start_ns, cnp.NPY_INT64, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
         if cnp.PyArray_NDIM(arr) != 1:
             raise ValueError(
-                f"start_ns must be one-dimensional, got shape {(<object>arr).shape}")
+                msg.NOT_ONE_DIMENSIONAL.format(name="start_ns", shape=(<object>arr).shape))
         cdef const int64_t* start = <const int64_t*>cnp.PyArray_DATA(arr)
         cdef Py_ssize_t n = cnp.PyArray_SIZE(arr)
         if fb_try_lock(self._mutex):
@@ -1412,10 +1410,10 @@ cdef class StatsWindow:
         qss = tuple([tuple(qs) for qs in percentiles])
         if len(ws) != len(qss):
             raise ValueError(
-                f"{len(ws)} windows but {len(qss)} percentile sequences: one per window")
+                msg.WINDOWS_AND_PERCENTILES.format(windows=len(ws), sequences=len(qss)))
         for w in ws:
             if not isinstance(w, StatsWindow):
-                raise TypeError(f"expected StatsWindow objects, got {type(w).__name__}")
+                raise TypeError(msg.NOT_A_WINDOW.format(type=type(w).__name__))
         return _summaries(ws, qss)
 
     def clear(self):

@@ -12,6 +12,8 @@ import math
 import operator
 from typing import Any
 
+from . import _messages as msg
+
 __all__ = ["INT64_MAX", "INT64_MIN", "as_float", "as_int64", "as_percentile", "as_seconds", "as_timeout"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -23,11 +25,11 @@ def as_float(name: str, value: Any) -> float:
         return value
     # float() would also parse strings; the compiled core (a C double) refuses them.
     if isinstance(value, (str, bytes, bytearray)):
-        raise TypeError(f"{name} must be a real number, not {type(value).__name__}")
+        raise TypeError(msg.NOT_A_REAL_NUMBER.format(name=name, type=type(value).__name__))
     try:
         return float(value)
     except TypeError:
-        raise TypeError(f"{name} must be a real number, not {type(value).__name__}") from None
+        raise TypeError(msg.NOT_A_REAL_NUMBER.format(name=name, type=type(value).__name__)) from None
 
 
 def as_int64(name: str, value: Any) -> int:
@@ -36,9 +38,10 @@ def as_int64(name: str, value: Any) -> int:
         try:
             value = operator.index(value)  # floats and strings refused, numpy integers taken
         except TypeError:
-            raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
+            raise TypeError(
+                msg.NOT_AN_INTEGER.format(name=name, type=type(value).__name__)) from None
     if not INT64_MIN <= value <= INT64_MAX:
-        raise OverflowError(f"{name} is out of range: {value}")
+        raise OverflowError(msg.OUT_OF_RANGE.format(name=name, value=value))
     return int(value)
 
 
@@ -46,7 +49,7 @@ def as_seconds(name: str, value: Any) -> float:
     """A duration in seconds: a real number ``>= 0`` (NaN refused)."""
     s = as_float(name, value)
     if not s >= 0.0:  # written this way round so that NaN fails too
-        raise ValueError(f"{name} must be >= 0 seconds, got {value!r}")
+        raise ValueError(msg.NEGATIVE_SECONDS.format(name=name, value=value))
     return s
 
 
@@ -62,5 +65,5 @@ def as_percentile(q: Any) -> float:
     """A percentile's ``q``: a real number in ``[0, 100]`` (NaN refused)."""
     value = as_float("q", q)
     if not 0.0 <= value <= 100.0:  # NaN fails too
-        raise ValueError(f"percentile q must be between 0 and 100, got {q!r}")
+        raise ValueError(msg.PERCENTILE_RANGE.format(q=q))
     return value

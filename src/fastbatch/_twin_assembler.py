@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import _messages as msg
 from ._errors import BatchDtypeError, BatchShapeError, ResultMismatchError
 
 __all__ = ["BatchAssembler"]
@@ -88,7 +89,7 @@ class BatchAssembler:
             items = list(items)
         n_items = len(items)
         if n_items == 0:
-            raise ValueError("cannot assemble a batch of no items")
+            raise ValueError(msg.NO_ITEMS)
         # Validate everything before touching the buffer: a bad item leaves no
         # half-written batch behind.
         counts = [1] * n_items
@@ -96,35 +97,28 @@ class BatchAssembler:
         for i in range(n_items):
             item = items[i]
             if not isinstance(item, np.ndarray):
-                raise TypeError(f"item {i} is {type(item).__name__}, expected a numpy array")
+                raise TypeError(msg.NOT_AN_ARRAY.format(i=i, type=type(item).__name__))
             shape = item.shape
             if not shape:
-                raise ValueError(f"item {i} is a 0-d array; an item needs at least one dimension")
+                raise ValueError(msg.ZERO_DIMENSIONAL.format(i=i))
             if i == 0:
                 dtype = item.dtype
                 if dtype.hasobject:
-                    raise BatchDtypeError(
-                        f"item 0 has dtype {dtype}, which holds Python objects and cannot be "
-                        "batched"
-                    )
+                    raise BatchDtypeError(msg.OBJECT_DTYPE.format(i=i, dtype=dtype))
                 sample_shape = shape[1:] if len(shape) > 1 else shape
             elif item.dtype != dtype:
                 raise BatchDtypeError(
-                    f"item {i} has dtype {item.dtype} but the batch has dtype {dtype}"
-                )
+                    msg.DTYPE_MISMATCH.format(i=i, dtype=item.dtype, batch_dtype=dtype))
             if len(shape) == 1:
                 if shape != sample_shape:
-                    raise BatchShapeError(
-                        f"item {i} has shape {shape} but the batch has shape {sample_shape}"
-                    )
+                    raise BatchShapeError(msg.ROW_SHAPE_MISMATCH.format(
+                        i=i, shape=shape, batch_shape=sample_shape))
                 continue
             if shape[1:] != sample_shape:
-                raise BatchShapeError(
-                    f"item {i} has sample shape {shape[1:]} (array shape {shape}) "
-                    f"but the batch has sample shape {sample_shape}"
-                )
+                raise BatchShapeError(msg.SAMPLE_SHAPE_MISMATCH.format(
+                    i=i, sample_shape=shape[1:], shape=shape, batch_shape=sample_shape))
             if shape[0] == 0:
-                raise ValueError(f"item {i} has zero samples (array shape {shape})")
+                raise ValueError(msg.ZERO_SAMPLES.format(i=i, shape=shape))
             counts[i] = shape[0]
             rows[i] = False
 
@@ -175,14 +169,10 @@ class BatchAssembler:
         try:
             n = len(result)
         except TypeError:
-            raise ResultMismatchError(
-                f"the batch function returned {type(result).__name__}, "
-                f"expected a sequence of {total} results"
-            ) from None
+            raise ResultMismatchError(msg.RESULT_WITHOUT_LENGTH.format(
+                type=type(result).__name__, total=total)) from None
         if n != total:
-            raise ResultMismatchError(
-                f"the batch function returned {n} results for a batch of {total} samples"
-            )
+            raise ResultMismatchError(msg.RESULT_LENGTH.format(n=n, total=total))
         starts = self._offsets.tolist()
         return [
             result[starts[i]] if is_row else result[starts[i] : starts[i + 1]]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import _messages as msg
 from ._errors import QueueClosedError, QueueFullError
 from ._twin_args import as_int64, as_seconds, as_timeout
 
@@ -61,7 +62,7 @@ class RequestQueue:
     def __init__(self, capacity: int = 0, prioritized: bool = False) -> None:
         capacity = as_int64("capacity", capacity)
         if capacity < 0:
-            raise ValueError(f"capacity must be >= 0 (0 means unbounded), got {capacity}")
+            raise ValueError(msg.QUEUE_CAPACITY.format(value=capacity))
         self._capacity = capacity
         self._prioritized = bool(prioritized)
         self._queue: Any = [] if self._prioritized else deque()
@@ -146,12 +147,12 @@ class RequestQueue:
         """
         samples = as_int64("samples", samples)
         if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
+            raise ValueError(msg.SAMPLES.format(value=samples))
         nbytes = as_int64("nbytes", nbytes)
         if nbytes < 0:
-            raise ValueError(f"nbytes must be >= 0, got {nbytes}")
+            raise ValueError(msg.NBYTES.format(value=nbytes))
         priority = as_int64("priority", priority)
-        self._push(item, future, samples, nbytes, priority, as_timeout(timeout))
+        self._push(item, future, samples, nbytes, priority, timeout)
 
     def set_row_schema(self, dtype: npt.DTypeLike, shape: tuple[int]) -> None:
         """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in :meth:`put_row`.
@@ -162,10 +163,10 @@ class RequestQueue:
         """
         dt = np.dtype(dtype)
         if type(shape) is not tuple or len(shape) != 1:
-            raise ValueError(f"a row schema has a 1-D shape (n,), got {shape!r}")
+            raise ValueError(msg.ROW_SCHEMA_SHAPE.format(shape=shape))
         n = as_int64("shape[0]", shape[0])
         if n < 0:
-            raise ValueError(f"a row schema has a 1-D shape (n,) with n >= 0, got {shape!r}")
+            raise ValueError(msg.ROW_SCHEMA_LENGTH.format(shape=shape))
         self._row_shape, self._row_dtype = (n,), dt
 
     def clear_row_schema(self) -> None:
@@ -189,18 +190,19 @@ class RequestQueue:
             return False
         if (dt := it.dtype) is not dtype and dt != dtype:
             return False
-        self._push(item, future, 1, it.nbytes, 2, as_timeout(timeout))
+        self._push(item, future, 1, it.nbytes, 2, timeout)
         return True
 
     def _push(self, item: object, future: object | None, samples: int, nbytes: int,
-              priority: int, timeout: float | None) -> None:  # fmt: skip
-        # put() and put_row(), arguments validated.
+              priority: int, timeout: Any) -> None:  # fmt: skip
+        # put() and put_row(), arguments validated but for the timeout.
+        wait = as_timeout(timeout)
         with self._lock:
             if self._closed:
-                raise QueueClosedError("the queue is closed: put() refused")
+                raise QueueClosedError(msg.QUEUE_CLOSED)
             queue = self._queue
             if self._capacity and len(queue) >= self._capacity:
-                self._wait_for_room(timeout)
+                self._wait_for_room(wait, timeout)
             # Stamped under the lock, so FIFO order and timestamp order agree.
             record = (item, future, samples, nbytes, monotonic_ns())
             if self._prioritized:
@@ -213,11 +215,11 @@ class RequestQueue:
             if self._idle_waiters or self._lingerers:
                 self._wake_consumers()
 
-    def _wait_for_room(self, timeout: float | None) -> None:
-        # Called with the lock held and the queue full.
-        if timeout == 0.0:
-            raise QueueFullError(f"the queue is full ({self._capacity} requests)")
-        end = None if timeout is None else _monotonic() + timeout
+    def _wait_for_room(self, wait: float | None, timeout: Any) -> None:
+        # Called with the lock held and the queue full; ``wait`` is ``timeout`` validated.
+        if wait == 0.0:
+            raise QueueFullError(msg.QUEUE_FULL.format(capacity=self._capacity))
+        end = None if wait is None else _monotonic() + wait
         queue, capacity = self._queue, self._capacity
         self._producers_waiting += 1
         try:
@@ -228,11 +230,10 @@ class RequestQueue:
                     remaining = end - _monotonic()
                     if remaining <= 0.0:
                         raise QueueFullError(
-                            f"the queue stayed full ({capacity} requests) for {timeout} s"
-                        )
+                            msg.QUEUE_STAYED_FULL.format(capacity=capacity, timeout=timeout))
                     _wait(self._not_full, remaining)
             if self._closed:
-                raise QueueClosedError("the queue was closed while put() waited for room")
+                raise QueueClosedError(msg.QUEUE_CLOSED_WHILE_WAITING)
         finally:
             self._producers_waiting -= 1
 
@@ -275,10 +276,10 @@ class RequestQueue:
         """
         max_samples = as_int64("max_samples", max_samples)
         if max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+            raise ValueError(msg.MAX_SAMPLES.format(value=max_samples))
         max_bytes = as_int64("max_bytes", max_bytes)
         if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0 (0 means no byte budget), got {max_bytes}")
+            raise ValueError(msg.MAX_BYTES.format(value=max_bytes))
         linger_s = as_seconds("linger", linger)
         linger_ns = None if linger_s >= _LINGER_FOREVER else round(linger_s * 1e9)
         timeout = as_timeout(timeout)
@@ -357,7 +358,7 @@ class RequestQueue:
                 if queue and (not self._paused or self._closed):
                     return True
                 if self._closed:
-                    raise QueueClosedError("the queue is closed and empty")
+                    raise QueueClosedError(msg.QUEUE_CLOSED_AND_EMPTY)
                 if end is None:
                     _wait(self._not_empty, None)
                 else:

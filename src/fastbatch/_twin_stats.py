@@ -10,13 +10,24 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from ._twin_args import as_int64, as_percentile
+from . import _messages as msg
+from ._twin_args import as_float, as_int64, as_percentile
 
 __all__ = ["StatsWindow"]
+
+
+def _as_array(values: npt.ArrayLike, dtype: type[np.float64] | type[np.int64]) -> npt.NDArray[Any]:
+    # As the compiled core's PyArray_FROMANY: an array must cast to ``dtype`` safely
+    # (complex, strings, datetimes and floats-to-int are refused with numpy's TypeError);
+    # anything else is converted as numpy.asarray does (lists of strings are parsed).
+    if isinstance(values, np.ndarray):
+        return values.astype(dtype, casting="safe", copy=False)
+    return np.asarray(values, dtype=dtype)
 
 
 class StatsWindow:
@@ -39,7 +50,7 @@ class StatsWindow:
     def __init__(self, capacity: int) -> None:
         capacity = as_int64("capacity", capacity)
         if capacity < 1:
-            raise ValueError(f"capacity must be >= 1, got {capacity}")
+            raise ValueError(msg.WINDOW_CAPACITY.format(value=capacity))
         self._capacity = capacity
         self._ring = np.zeros(capacity, dtype=np.float64)
         self._pos = 0  # where the next value goes; the oldest value once the ring is full
@@ -62,10 +73,7 @@ class StatsWindow:
 
     def record(self, value: float) -> None:
         """Record one value."""
-        if not isinstance(value, float):
-            if isinstance(value, (str, bytes, bytearray)):  # the compiled core's message
-                raise TypeError(f"must be real number, not {type(value).__name__}")
-            value = float(value)
+        value = as_float("value", value)
         with self._lock:
             pos = self._pos
             self._ring[pos] = value
@@ -78,9 +86,9 @@ class StatsWindow:
         Raises:
             ValueError: ``values`` is not one-dimensional.
         """
-        data = np.asarray(values, dtype=np.float64)
+        data = _as_array(values, np.float64)
         if data.ndim != 1:
-            raise ValueError(f"values must be one-dimensional, got shape {data.shape}")
+            raise ValueError(msg.NOT_ONE_DIMENSIONAL.format(name="values", shape=data.shape))
         n, cap = data.shape[0], self._capacity
         with self._lock:
             ring = self._ring
@@ -98,11 +106,12 @@ class StatsWindow:
 
     def record_elapsed_ms(self, start_ns: npt.NDArray[np.int64], end_ns: int) -> None:
         """Record ``(end_ns - s) / 1e6`` for each ``s`` of ``start_ns`` (milliseconds)."""
-        starts = np.asarray(start_ns, dtype=np.int64)
+        end = np.int64(as_int64("end_ns", end_ns))  # checked first, as by the compiled core
+        starts = _as_array(start_ns, np.int64)
         if starts.ndim != 1:
-            raise ValueError(f"start_ns must be one-dimensional, got shape {starts.shape}")
+            raise ValueError(msg.NOT_ONE_DIMENSIONAL.format(name="start_ns", shape=starts.shape))
         # Subtract in int64 first: nanosecond timestamps lose precision as doubles.
-        self.record_many((np.int64(as_int64("end_ns", end_ns)) - starts) / 1e6)
+        self.record_many((end - starts) / 1e6)
 
     def values(self) -> npt.NDArray[np.float64]:
         """A copy of the window, oldest first."""
@@ -152,11 +161,10 @@ class StatsWindow:
         qss = [tuple(qs) for qs in percentiles]
         if len(ws) != len(qss):
             raise ValueError(
-                f"{len(ws)} windows but {len(qss)} percentile sequences: one per window"
-            )
+                msg.WINDOWS_AND_PERCENTILES.format(windows=len(ws), sequences=len(qss)))
         for w in ws:
             if not isinstance(w, StatsWindow):
-                raise TypeError(f"expected StatsWindow objects, got {type(w).__name__}")
+                raise TypeError(msg.NOT_A_WINDOW.format(type=type(w).__name__))
         for qs in qss:  # every q checked before any window is read, as the compiled core does
             for q in qs:
                 as_percentile(q)
