@@ -197,7 +197,6 @@ cdef struct QueueInfo:
     uint64_t puts
     Py_ssize_t count
     int64_t samples
-    int64_t nbytes
     bint closed
     bint paused
 
@@ -612,7 +611,6 @@ cdef class RequestQueue:
         info.puts = self._seq
         info.count = self._count
         info.samples = self._samples
-        info.nbytes = self._bytes
         info.closed = self._closed
         info.paused = self._paused
         fb_unlock(self._mutex)
@@ -640,29 +638,14 @@ cdef class RequestQueue:
         return self._capacity
 
     @property
-    def prioritized(self):
-        """Whether requests leave by ``(priority, sequence)`` rather than FIFO."""
-        return self._prioritized
-
-    @property
     def closed(self):
         """Whether ``close()`` has been called."""
         return self._control(OP_READ).closed
 
     @property
-    def paused(self):
-        """Whether ``take_batch`` is held at step 1."""
-        return self._control(OP_READ).paused
-
-    @property
     def queued_samples(self):
         """Sum of ``samples`` over the queued requests."""
         return self._control(OP_READ).samples
-
-    @property
-    def queued_bytes(self):
-        """Sum of ``nbytes`` over the queued requests."""
-        return self._control(OP_READ).nbytes
 
     @property
     def total_puts(self):
@@ -708,10 +691,6 @@ cdef class RequestQueue:
             raise ValueError(msg.ROW_SCHEMA_LENGTH.format(shape=shape))
         self._row_len = <cnp.npy_intp>n
         self._row_dtype = dt
-
-    def clear_row_schema(self):
-        """Make ``put_row`` refuse every item until the next ``set_row_schema``."""
-        self._row_dtype = None
 
     def put_row(self, object item, object future=None, timeout=None):
         """``put(item, future, 1, item.nbytes, 2, timeout)`` if ``item`` is a schema row.
@@ -908,7 +887,6 @@ cdef class BatchAssembler:
     """
 
     cdef cnp.ndarray _buf
-    cdef Py_ssize_t _allocations
     cdef Py_ssize_t _n_items               # items of the last batch
     cdef Py_ssize_t _plan_alloc            # entries allocated in the arrays below
     # The last batch (what split() uses): start row per item plus the total, and
@@ -959,28 +937,9 @@ cdef class BatchAssembler:
         self._next_one_row = one_row
         self._n_items = n_items
 
-    @property
-    def buffer_nbytes(self):
-        """Capacity of the current buffer in bytes (0 before the first batch)."""
-        return 0 if self._buf is None else cnp.PyArray_SIZE(self._buf)
-
-    @property
-    def allocations(self):
-        """How many buffers have been allocated so far."""
-        return self._allocations
-
-    @property
-    def offsets(self):
-        """Start row of each item of the last batch, plus the total (read-only copy)."""
-        cdef cnp.npy_intp dim = self._n_items + 1
-        cdef cnp.ndarray arr = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
-        memcpy(cnp.PyArray_DATA(arr), self._offsets, <size_t>dim * sizeof(int64_t))
-        cnp.PyArray_CLEARFLAGS(arr, cnp.NPY_ARRAY_WRITEABLE)
-        return arr
-
     def __repr__(self):
-        return (f"<{type(self).__name__} buffer_nbytes={self.buffer_nbytes}"
-                f" allocations={self._allocations}>")
+        nbytes = 0 if self._buf is None else cnp.PyArray_SIZE(self._buf)
+        return f"<{type(self).__name__} buffer_nbytes={nbytes}>"
 
     def assemble(self, items):
         """Return the batch of ``items`` (a non-empty sequence of numpy arrays).
@@ -1059,7 +1018,6 @@ cdef class BatchAssembler:
                 capacity = max(nbytes, 2 * capacity)
             dims[0] = capacity
             self._buf = cnp.PyArray_EMPTY(1, dims, cnp.NPY_UINT8, 0)
-            self._allocations += 1
         dst = cnp.PyArray_BYTES(self._buf)
 
         # 3. Copy contiguous items with memcpy; without the GIL when it is worth it.
@@ -1233,7 +1191,6 @@ cdef class StatsWindow:
     cdef Py_ssize_t _capacity
     cdef Py_ssize_t _head       # next slot to write
     cdef Py_ssize_t _len
-    cdef int64_t _total
 
     def __init__(self, capacity):
         # Checked in __cinit__; here for the visible signature (see RequestQueue).
@@ -1254,7 +1211,6 @@ cdef class StatsWindow:
 
     cdef void _write(self, const double* v, Py_ssize_t n) noexcept nogil:
         cdef Py_ssize_t cap = self._capacity, first
-        self._total += n
         if n >= cap:
             memcpy(self._ring, v + (n - cap), <size_t>cap * sizeof(double))
             self._head = 0
@@ -1270,7 +1226,6 @@ cdef class StatsWindow:
     cdef void _write_elapsed(self, const int64_t* start, Py_ssize_t n,
                              int64_t end) noexcept nogil:
         cdef Py_ssize_t i, cap = self._capacity, skip = n - cap if n > cap else 0
-        self._total += n
         for i in range(skip, n):
             # Wrapping subtraction, as numpy's int64 arithmetic does.
             self._ring[self._head] = <double>(<int64_t>(<uint64_t>end - <uint64_t>start[i])) / 1e6
@@ -1283,12 +1238,10 @@ cdef class StatsWindow:
     cdef void _reset(self) noexcept nogil:
         self._head = 0
         self._len = 0
-        self._total = 0
         fb_unlock(self._mutex)
 
-    cdef Py_ssize_t _read(self, int64_t* total) noexcept nogil:
+    cdef Py_ssize_t _read(self) noexcept nogil:
         cdef Py_ssize_t n = self._len
-        total[0] = self._total
         fb_unlock(self._mutex)
         return n
 
@@ -1313,12 +1266,12 @@ cdef class StatsWindow:
             fb_lock(self._mutex)
             return self._copy(dst)
 
-    cdef Py_ssize_t _counts(self, int64_t* total):
+    cdef Py_ssize_t _length(self):
         if fb_try_lock(self._mutex):
-            return self._read(total)
+            return self._read()
         with nogil:
             fb_lock(self._mutex)
-            return self._read(total)
+            return self._read()
 
     cdef void _append(self, const double* v, Py_ssize_t n):
         if fb_try_lock(self._mutex):
@@ -1330,22 +1283,9 @@ cdef class StatsWindow:
 
     # -- Python API -------------------------------------------------------------------
 
-    @property
-    def capacity(self):
-        """Maximum number of values the window holds."""
-        return self._capacity
-
-    @property
-    def total_count(self):
-        """Values recorded since creation or ``clear()``, including those overwritten."""
-        cdef int64_t total
-        self._counts(&total)
-        return total
-
     def __len__(self):
-        """Values currently in the window (``min(total_count, capacity)``)."""
-        cdef int64_t total
-        return self._counts(&total)
+        """Values currently in the window: those recorded, at most ``capacity``."""
+        return self._length()
 
     def __repr__(self):
         return f"<{type(self).__name__} {len(self)}/{self._capacity} values>"
@@ -1388,23 +1328,14 @@ cdef class StatsWindow:
         cdef Py_ssize_t n = self._snapshot(<double*>cnp.PyArray_DATA(arr))
         return arr if n == self._capacity else arr[:n].copy()
 
-    def percentile(self, q):
-        """The q-th percentile (``0 <= q <= 100``, else ``ValueError``); NaN when empty."""
-        return _summaries((self,), ((q,),))[0][4][0]
-
-    def summary(self, percentiles=()):
-        """``(count, mean, min, max, (percentile(q) for q in percentiles))``, one copy.
-
-        Mean/min/max/percentiles are NaN when the window is empty.
-        """
-        return _summaries((self,), (tuple(percentiles),))[0]
-
     @staticmethod
     def summaries(windows, percentiles):
-        """``[w.summary(qs) for w, qs in zip(windows, percentiles)]`` in one call.
+        """``(count, mean, min, max, percentiles)`` of each window, in one call.
 
-        Each window is copied under its own lock; all are then computed in one
-        stretch, without the GIL when they hold enough values to be worth it.
+        ``percentiles[i]`` are the ``q`` (0 to 100) of window i; mean/min/max and the
+        percentiles are NaN for an empty window. Each window is copied under its own
+        lock; all are then computed in one stretch, without the GIL when they hold
+        enough values to be worth it.
         """
         ws = tuple(windows)
         qss = tuple([tuple(qs) for qs in percentiles])
@@ -1417,7 +1348,7 @@ cdef class StatsWindow:
         return _summaries(ws, qss)
 
     def clear(self):
-        """Forget every value (``total_count`` restarts at 0)."""
+        """Forget every value."""
         if fb_try_lock(self._mutex):
             self._reset()
         else:

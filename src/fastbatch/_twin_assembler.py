@@ -48,30 +48,19 @@ class BatchAssembler:
     refers to it, so a batch (or a view of it) handed out never changes afterwards.
     """
 
-    __slots__ = ("_allocations", "_buf", "_offsets", "_rows", "_total")
+    __slots__ = ("_buf", "_offsets", "_rows", "_total")
 
     def __init__(self) -> None:
         self._buf: npt.NDArray[Any] | None = None
-        self._allocations = 0
-        self._offsets: npt.NDArray[np.int64] = np.zeros(1, dtype=np.int64)
-        self._offsets.flags.writeable = False
-        self._rows: list[bool] = []  # per item of the last batch: was it a 1-D row?
+        # The last batch, for split(): start row of each item plus the total, and
+        # whether each item was a 1-D row.
+        self._offsets: list[int] = [0]
+        self._rows: list[bool] = []
         self._total = 0
 
-    @property
-    def buffer_nbytes(self) -> int:
-        """Capacity of the current buffer in bytes (0 before the first batch)."""
-        return 0 if self._buf is None else self._buf.nbytes
-
-    @property
-    def allocations(self) -> int:
-        """How many buffers have been allocated so far."""
-        return self._allocations
-
-    @property
-    def offsets(self) -> npt.NDArray[np.int64]:
-        """Start row of each item of the last batch, plus the total (read-only)."""
-        return self._offsets
+    def __repr__(self) -> str:
+        nbytes = 0 if self._buf is None else self._buf.nbytes
+        return f"<{type(self).__name__} buffer_nbytes={nbytes}>"
 
     def assemble(self, items: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
         """Return the batch of ``items``: shape ``(total_samples, *sample_shape)``.
@@ -138,8 +127,7 @@ class BatchAssembler:
                 batch[row:end] = items[i]
                 row = end
             offsets[i + 1] = row
-        self._offsets = np.array(offsets, dtype=np.int64)
-        self._offsets.flags.writeable = False
+        self._offsets = offsets
         self._rows = rows
         self._total = total
         return batch
@@ -153,7 +141,6 @@ class BatchAssembler:
             old = self._buf.nbytes
             nbytes = max(nbytes, 2 * old) if nbytes > old else old
         self._buf = np.empty(nbytes, dtype=np.uint8)
-        self._allocations += 1
         return self._buf
 
     def split(self, result: Any) -> list[Any]:
@@ -173,7 +160,7 @@ class BatchAssembler:
                 type=type(result).__name__, total=total)) from None
         if n != total:
             raise ResultMismatchError(msg.RESULT_LENGTH.format(n=n, total=total))
-        starts = self._offsets.tolist()
+        starts = self._offsets
         return [
             result[starts[i]] if is_row else result[starts[i] : starts[i + 1]]
             for i, is_row in enumerate(self._rows)

@@ -88,29 +88,14 @@ class RequestQueue:
         return self._capacity
 
     @property
-    def prioritized(self) -> bool:
-        """Whether requests are ordered by ``(priority, sequence)``."""
-        return self._prioritized
-
-    @property
     def closed(self) -> bool:
         """Whether ``close()`` has been called."""
         return self._closed
 
     @property
-    def paused(self) -> bool:
-        """Whether ``take_batch`` is held by ``pause()``."""
-        return self._paused
-
-    @property
     def queued_samples(self) -> int:
         """Sum of ``samples`` over the queued requests."""
         return self._samples
-
-    @property
-    def queued_bytes(self) -> int:
-        """Sum of ``nbytes`` over the queued requests."""
-        return self._bytes
 
     @property
     def total_puts(self) -> int:
@@ -168,10 +153,6 @@ class RequestQueue:
         if n < 0:
             raise ValueError(msg.ROW_SCHEMA_LENGTH.format(shape=shape))
         self._row_shape, self._row_dtype = (n,), dt
-
-    def clear_row_schema(self) -> None:
-        """Make :meth:`put_row` refuse every item until the next :meth:`set_row_schema`."""
-        self._row_dtype = None
 
     def put_row(self, item: object, future: object | None = None,
                 timeout: float | None = None) -> bool:  # fmt: skip

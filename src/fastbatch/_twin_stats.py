@@ -54,22 +54,15 @@ class StatsWindow:
         self._capacity = capacity
         self._ring = np.zeros(capacity, dtype=np.float64)
         self._pos = 0  # where the next value goes; the oldest value once the ring is full
-        self._total = 0
+        self._total = 0  # values recorded since the last clear(), overwritten ones included
         self._lock = threading.Lock()
 
-    @property
-    def capacity(self) -> int:
-        """The number of values the window keeps."""
-        return self._capacity
-
-    @property
-    def total_count(self) -> int:
-        """Values recorded since creation or ``clear()``, including those overwritten."""
-        return self._total
-
     def __len__(self) -> int:
-        """Values currently in the window (``min(total_count, capacity)``)."""
+        """Values currently in the window: those recorded, at most ``capacity``."""
         return min(self._total, self._capacity)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {len(self)}/{self._capacity} values>"
 
     def record(self, value: float) -> None:
         """Record one value."""
@@ -121,36 +114,15 @@ class StatsWindow:
             pos = self._pos
             return np.concatenate((self._ring[pos:], self._ring[:pos]))
 
-    def percentile(self, q: float) -> float:
-        """The q-th percentile (``0 <= q <= 100``, else ``ValueError``); NaN when empty."""
-        q = as_percentile(q)
-        data = self.values()
-        return float(np.percentile(data, q)) if data.shape[0] else math.nan
-
-    def summary(
-        self, percentiles: Sequence[float] = ()
-    ) -> tuple[int, float, float, float, tuple[float, ...]]:
-        """``(count, mean, min, max, (percentile(q) for q in percentiles))``, one copy.
-
-        ``count`` is the number of values in the window. Mean/min/max/percentiles are NaN
-        when the window is empty.
-
-        Raises:
-            ValueError: a ``q`` outside ``[0, 100]`` (or NaN).
-        """
-        qs = [as_percentile(q) for q in percentiles]
-        data = self.values()
-        n = data.shape[0]
-        if n == 0:
-            return 0, math.nan, math.nan, math.nan, tuple(math.nan for _ in qs)
-        pcts = tuple(np.percentile(data, qs).tolist()) if qs else ()
-        return n, float(data.mean()), float(data.min()), float(data.max()), pcts
-
     @staticmethod
     def summaries(
         windows: Sequence[StatsWindow], percentiles: Sequence[Sequence[float]]
     ) -> list[tuple[int, float, float, float, tuple[float, ...]]]:
-        """``[w.summary(qs) for w, qs in zip(windows, percentiles)]`` in one call.
+        """``(count, mean, min, max, percentiles)`` of each window, in one call.
+
+        ``percentiles[i]`` are the ``q`` (0 to 100) of window i. ``count`` is the number
+        of values in the window; mean/min/max and the percentiles are NaN when it is
+        empty. Each window is copied under its own lock, then computed outside it.
 
         Raises:
             ValueError: not one percentile sequence per window, or a ``q`` outside
@@ -165,12 +137,24 @@ class StatsWindow:
         for w in ws:
             if not isinstance(w, StatsWindow):
                 raise TypeError(msg.NOT_A_WINDOW.format(type=type(w).__name__))
-        for qs in qss:  # every q checked before any window is read, as the compiled core does
-            for q in qs:
-                as_percentile(q)
-        return [w.summary(qs) for w, qs in zip(ws, qss)]
+        # Every q checked before any window is read, as the compiled core does.
+        checked = [[as_percentile(q) for q in qs] for qs in qss]
+        return [_summarize(w.values(), qs) for w, qs in zip(ws, checked)]
 
     def clear(self) -> None:
-        """Forget every value; ``total_count`` restarts from 0."""
+        """Forget every value."""
         with self._lock:
             self._pos = self._total = 0
+
+
+def _summarize(
+    data: npt.NDArray[np.float64], qs: list[float]
+) -> tuple[int, float, float, float, tuple[float, ...]]:
+    n = data.shape[0]
+    if n == 0:
+        return 0, math.nan, math.nan, math.nan, tuple(math.nan for _ in qs)
+    # inf - inf (in the mean or a percentile's interpolation) is NaN and a sum may
+    # overflow to inf, without a warning, as in the compiled core: reading never warns.
+    with np.errstate(invalid="ignore", over="ignore"):
+        pcts = tuple(np.percentile(data, qs).tolist()) if qs else ()
+        return n, float(data.mean()), float(data.min()), float(data.max()), pcts
