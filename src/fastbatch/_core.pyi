@@ -170,9 +170,15 @@ class BatchAssembler:
         samples gets ``result[offset:offset+n]``.
 
         Raises:
-            ResultMismatchError: ``result`` has no length or its length differs
-                ("the batch function returned 7 results for a batch of 10 samples";
-                "the batch function returned int, expected a sequence of 10 results").
+            ResultMismatchError: ``result`` cannot be split into per-sample pieces: it
+                has no length ("the batch function returned int, expected a sequence of
+                10 results"), another length ("the batch function returned 7 results
+                for a batch of 10 samples"), or indexing or slicing it raises
+                ``TypeError`` or ``LookupError`` (a set, a mapping, a ``__len__`` that
+                lies: "the batch function returned set of length 10 for a batch of 10
+                samples, but it cannot be split by sample: indexing it raised
+                TypeError"; that error is the ``__cause__``). Other exceptions of
+                ``result.__getitem__`` propagate unchanged.
         """
 
 @disjoint_base

@@ -1054,7 +1054,8 @@ cdef class BatchAssembler:
         ``result[offset:offset+n]``.
 
         Raises:
-            ResultMismatchError: ``result`` has no length or its length differs.
+            ResultMismatchError: ``result`` has no length, its length differs, or it
+                cannot be indexed (``TypeError`` or ``LookupError``, as the cause).
         """
         cdef Py_ssize_t i, n = self._n_items, total = self._offsets[self._n_items], m
         cdef bint is_seq
@@ -1072,15 +1073,20 @@ cdef class BatchAssembler:
         # __getitem__ raises half-way.
         out = PyList_New(n)
         is_seq = PySequence_Check(result)
-        for i in range(n):
-            if self._one_row[i]:
-                piece = (PySequence_GetItem(result, self._offsets[i]) if is_seq
-                         else result[self._offsets[i]])
-            else:
-                piece = (PySequence_GetSlice(result, self._offsets[i], self._offsets[i + 1])
-                         if is_seq else result[self._offsets[i]:self._offsets[i + 1]])
-            Py_INCREF(piece)
-            _list_steal_item(out, i, <PyObject*>piece)
+        try:
+            for i in range(n):
+                if self._one_row[i]:
+                    piece = (PySequence_GetItem(result, self._offsets[i]) if is_seq
+                             else result[self._offsets[i]])
+                else:
+                    piece = (PySequence_GetSlice(result, self._offsets[i], self._offsets[i + 1])
+                             if is_seq else result[self._offsets[i]:self._offsets[i + 1]])
+                Py_INCREF(piece)
+                _list_steal_item(out, i, <PyObject*>piece)
+        except (TypeError, LookupError) as exc:
+            # A set, a mapping, a __len__ that lies: the function's fault, not an item's.
+            raise ResultMismatchError(msg.RESULT_NOT_INDEXABLE.format(
+                type=type(result).__name__, n=m, total=total, error=type(exc).__name__)) from exc
         return out
 
 

@@ -47,6 +47,12 @@ ZERO_SAMPLES = "item {i} has zero samples (array shape {shape})"
 # -- BatchAssembler.split -----------------------------------------------------------------
 RESULT_WITHOUT_LENGTH = "the batch function returned {type}, expected a sequence of {total} results"
 RESULT_LENGTH = "the batch function returned {n} results for a batch of {total} samples"
+# The right length, but result[i] or result[a:b] raised {error} (TypeError, KeyError,
+# IndexError: a set, a mapping, a __len__ that lies).
+RESULT_NOT_INDEXABLE = (
+    "the batch function returned {type} of length {n} for a batch of {total} samples, "
+    "but it cannot be split by sample: indexing it raised {error}"
+)
 
 # -- StatsWindow ----------------------------------------------------------------------------
 NOT_ONE_DIMENSIONAL = "{name} must be one-dimensional, got shape {shape}"

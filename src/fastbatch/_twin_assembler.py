@@ -150,7 +150,8 @@ class BatchAssembler:
         ``result[offset:offset+n]``.
 
         Raises:
-            ResultMismatchError: ``result`` has no length or its length differs.
+            ResultMismatchError: ``result`` has no length, its length differs, or it
+                cannot be indexed (``TypeError`` or ``LookupError``, as the cause).
         """
         total = self._total
         try:
@@ -161,7 +162,12 @@ class BatchAssembler:
         if n != total:
             raise ResultMismatchError(msg.RESULT_LENGTH.format(n=n, total=total))
         starts = self._offsets
-        return [
-            result[starts[i]] if is_row else result[starts[i] : starts[i + 1]]
-            for i, is_row in enumerate(self._rows)
-        ]
+        try:
+            return [
+                result[starts[i]] if is_row else result[starts[i] : starts[i + 1]]
+                for i, is_row in enumerate(self._rows)
+            ]
+        except (TypeError, LookupError) as exc:
+            # A set, a mapping, a __len__ that lies: the function's fault, not an item's.
+            raise ResultMismatchError(msg.RESULT_NOT_INDEXABLE.format(
+                type=type(result).__name__, n=n, total=total, error=type(exc).__name__)) from exc

@@ -394,6 +394,66 @@ def test_split_without_length_message(core):
     )
 
 
+class LyingLength:
+    """Claims ten results, holds three."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index):
+        data = list(range(3))
+        if isinstance(index, slice) and index.stop > len(data):
+            raise IndexError("slice out of range")
+        return data[index]
+
+
+def _slice_error(result) -> type[BaseException]:
+    try:
+        result[1:5]
+    except Exception as exc:  # noqa: BLE001 - the type is what the test wants
+        return type(exc)
+    raise AssertionError("the slice worked")
+
+
+class BrokenGetitem:
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index):
+        raise RuntimeError("a bug in the result type")
+
+
+@pytest.mark.parametrize(
+    ("result", "error"),
+    [
+        (set(range(10)), TypeError),  # not subscriptable
+        # Row 0 works, the slice does not: TypeError (unhashable) before Python 3.12.
+        (dict.fromkeys(range(10)), None),
+        ({str(i): i for i in range(10)}, KeyError),
+        (LyingLength(), IndexError),
+    ],
+    ids=["set", "dict", "dict-of-str", "lying-len"],
+)
+def test_split_of_a_result_that_cannot_be_indexed(core, result, error):
+    error = error or _slice_error(result)
+    asm = core.BatchAssembler()
+    asm.assemble([np.zeros(2), np.zeros((4, 2)), np.zeros((5, 2))])
+    with pytest.raises(ResultMismatchError) as excinfo:
+        asm.split(result)
+    assert str(excinfo.value) == (
+        f"the batch function returned {type(result).__name__} of length 10 for a batch of 10 "
+        f"samples, but it cannot be split by sample: indexing it raised {error.__name__}"
+    )
+    assert type(excinfo.value.__cause__) is error
+
+
+def test_split_lets_other_errors_of_the_result_propagate(core):
+    asm = core.BatchAssembler()
+    asm.assemble([np.zeros((10, 2))])
+    with pytest.raises(RuntimeError, match="a bug in the result type"):
+        asm.split(BrokenGetitem())
+
+
 # ---------------------------------------------------------------- cores agree
 
 
