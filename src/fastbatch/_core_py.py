@@ -1,13 +1,17 @@
 """Pure-Python twin of :mod:`fastbatch._core`: the same classes, behaviour and messages.
 
 The contract is written in ``_core.pyi``. The twin is the readable reference, the oracle
-the compiled core is tested against, and the fallback when the extension is missing
-(``fastbatch._backend`` picks one of the two). Its parts live in one module each:
+the compiled core is tested against (``tests/core/test_differential.py`` drives both with
+the same random operations and compares every result and error), and the fallback when
+the extension is missing (``fastbatch._backend`` picks one of the two). Its parts live
+in one module each:
 
 * ``_twin_queue``: ``RequestQueue`` and ``monotonic_ns``;
 * ``_twin_assembler``: ``BatchAssembler``;
 * ``_twin_stats``: ``StatsWindow``;
 * ``_twin_args``: the argument conversions that mirror the compiled core's C types.
+
+Both cores take their error messages from ``_messages``.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 ``_core.pyx`` (compiled) and the pure-Python twin (``_twin_*.py``) raise the same
 exceptions with the same words: both format them from these templates
-(``str.format`` with the named fields shown), so the two cannot drift apart. A message names the offending value, the rule and, where there is one, the
+(``str.format`` with the named fields shown), so the two cannot drift apart, and
+``tests/core/test_differential.py`` checks that both raise the same words for the same
+call. A message names the offending value, the rule and, where there is one, the
 batch's value it was compared with.
 """
 

@@ -452,23 +452,3 @@ def test_split_lets_other_errors_of_the_result_propagate(core):
     asm.assemble([np.zeros((10, 2))])
     with pytest.raises(RuntimeError, match="a bug in the result type"):
         asm.split(BrokenGetitem())
-
-
-# ---------------------------------------------------------------- cores agree
-
-
-def test_compiled_assembler_matches_pure_python(compiled_core, py_core):
-    rng = np.random.default_rng(8)
-    assemblers = [compiled_core.BatchAssembler(), py_core.BatchAssembler()]
-    for _ in range(100):
-        sample_shape = tuple(rng.integers(1, 4, rng.integers(1, 3)).tolist())
-        dtype = rng.choice([np.float32, np.int16, np.complex64])
-        items = []
-        for _ in range(rng.integers(1, 6)):
-            row = len(sample_shape) == 1 and rng.random() < 0.3
-            shape = sample_shape if row else (int(rng.integers(1, 4)), *sample_shape)
-            items.append((rng.random(shape) * 100).astype(dtype))
-        c_batch, p_batch = (a.assemble(items) for a in assemblers)
-        np.testing.assert_array_equal(c_batch, p_batch, strict=True)
-        result = list(range(len(p_batch)))
-        assert assemblers[0].split(result) == assemblers[1].split(result) == expected_pieces(items)

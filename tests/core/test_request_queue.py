@@ -1070,26 +1070,3 @@ def test_queue_matches_the_model(core):
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
-
-
-def test_compiled_queue_matches_pure_python(compiled_core, py_core):
-    rng = np.random.default_rng(99)
-    for prioritized in (False, True):
-        queues = [m.RequestQueue(16, prioritized) for m in (compiled_core, py_core)]
-        outputs = [[], []]
-        for step in range(3000):
-            op = rng.integers(0, 10)
-            args = rng.integers(1, 5), rng.integers(0, 50), rng.integers(-3, 3), rng.integers(1, 9)
-            for q, out in zip(queues, outputs):
-                if op < 6:
-                    try:
-                        q.put(step, None, int(args[0]), int(args[1]), int(args[2]), timeout=0)
-                        out.append("ok")
-                    except QueueFullError:
-                        out.append("full")
-                elif op < 9:
-                    batch = q.take_batch(int(args[3]), int(args[1]) * 3, timeout=0)
-                    out.append(None if batch is None else batch[0])
-                else:
-                    out.append((len(q), q.queued_samples, q.total_puts))
-        assert outputs[0] == outputs[1]

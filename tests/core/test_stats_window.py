@@ -346,17 +346,3 @@ def _block_starts(singles: int, blocks: int, block: int) -> list[int]:
         else:
             j += 1
     return out
-
-
-def test_compiled_stats_match_pure_python(compiled_core, py_core):
-    rng = np.random.default_rng(13)
-    windows = [compiled_core.StatsWindow(97), py_core.StatsWindow(97)]
-    for _ in range(50):
-        chunk = rng.lognormal(0, 2, rng.integers(0, 60))
-        for w in windows:
-            w.record_many(chunk)
-        a, b = (summary(m, w, QS) for m, w in zip((compiled_core, py_core), windows))
-        assert a[0] == b[0]
-        np.testing.assert_allclose(a[1:4], b[1:4], rtol=1e-12)
-        np.testing.assert_allclose(a[4], b[4], rtol=1e-12, atol=0)
-        np.testing.assert_array_equal(windows[0].values(), windows[1].values())
