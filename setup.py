@@ -25,6 +25,8 @@ extensions = [
     Extension(
         "fastbatch._core",
         ["src/fastbatch/_core.pyx"],
+        # Inlined into _core.cpp: a change to either must rebuild the extension.
+        depends=["src/fastbatch/_numeric.pxd", "src/fastbatch/_sync.hpp"],
         include_dirs=[numpy.get_include(), "src/fastbatch"],
         define_macros=macros,
         language="c++",

@@ -46,17 +46,10 @@ class RequestQueue:
     @property
     def capacity(self) -> int: ...
     @property
-    def prioritized(self) -> bool: ...
-    @property
     def closed(self) -> bool: ...
-    @property
-    def paused(self) -> bool: ...
     @property
     def queued_samples(self) -> int:
         """Sum of ``samples`` over the queued requests."""
-    @property
-    def queued_bytes(self) -> int:
-        """Sum of ``nbytes`` over the queued requests."""
     @property
     def total_puts(self) -> int:
         """Requests accepted by ``put`` since the queue was created."""
@@ -87,8 +80,6 @@ class RequestQueue:
             ValueError: ``shape`` is not a tuple of one integer ``>= 0``.
             TypeError: ``dtype`` is not a dtype, or ``shape[0]`` not an integer.
         """
-    def clear_row_schema(self) -> None:
-        """Remove the schema: ``put_row`` returns False for every item until the next set."""
     def put_row(
         self, item: object, future: object | None = None, timeout: float | None = None
     ) -> bool:
@@ -150,22 +141,14 @@ class BatchAssembler:
     samples of shape ``shape[1:]``. The batch has shape ``(total_samples, *sample_shape)``
     and the dtype of item 0; sample shape and dtype are fixed by item 0.
 
-    The batch returned by ``assemble`` is a view of a buffer the assembler owns. The
-    buffer is grown geometrically and reused by the next ``assemble`` only if nobody else
-    holds a reference to it (or to any view of it); otherwise a fresh buffer is taken, so
-    a batch (or a result that aliases it) handed to user code never changes afterwards.
+    The batch returned by ``assemble`` is a view of a buffer the assembler owns: its
+    ``base`` is that buffer, a 1-D ``uint8`` array of the buffer's capacity. The buffer
+    is grown geometrically and reused by the next ``assemble`` only if nobody else holds
+    a reference to it (or to any view of it); otherwise a fresh buffer is taken, so a
+    batch (or a result that aliases it) handed to user code never changes afterwards.
     """
 
     def __init__(self) -> None: ...
-    @property
-    def buffer_nbytes(self) -> int:
-        """Capacity of the current buffer in bytes (0 before the first batch)."""
-    @property
-    def allocations(self) -> int:
-        """How many buffers have been allocated so far."""
-    @property
-    def offsets(self) -> npt.NDArray[np.int64]:
-        """Start row of each item of the last batch, plus the total: ``len == n_items+1``."""
     def assemble(self, items: Sequence[npt.NDArray[Any]]) -> npt.NDArray[Any]:
         """Return the batch of ``items`` (a non-empty sequence of numpy arrays).
 
@@ -187,9 +170,15 @@ class BatchAssembler:
         samples gets ``result[offset:offset+n]``.
 
         Raises:
-            ResultMismatchError: ``result`` has no length or its length differs
-                ("the batch function returned 7 results for a batch of 10 samples";
-                "the batch function returned int, expected a sequence of 10 results").
+            ResultMismatchError: ``result`` cannot be split into per-sample pieces: it
+                has no length ("the batch function returned int, expected a sequence of
+                10 results"), another length ("the batch function returned 7 results
+                for a batch of 10 samples"), or indexing or slicing it raises
+                ``TypeError`` or ``LookupError`` (a set, a mapping, a ``__len__`` that
+                lies: "the batch function returned set of length 10 for a batch of 10
+                samples, but it cannot be split by sample: indexing it raised
+                TypeError"; that error is the ``__cause__``). Other exceptions of
+                ``result.__getitem__`` propagate unchanged.
         """
 
 @disjoint_base
@@ -204,38 +193,29 @@ class StatsWindow:
 
     def __init__(self, capacity: int) -> None:
         """``capacity >= 1`` (``ValueError`` otherwise, ``TypeError`` for a non-integer)."""
-    @property
-    def capacity(self) -> int: ...
-    @property
-    def total_count(self) -> int:
-        """Values recorded since creation or ``clear()``, including those overwritten."""
     def __len__(self) -> int:
-        """Values currently in the window (``min(total_count, capacity)``)."""
-    def record(self, value: float) -> None: ...
+        """Values currently in the window: those recorded since ``clear()``, at most
+        ``capacity``."""
+    def record(self, value: float) -> None:
+        """Record one value (``TypeError`` unless it is a real number)."""
     def record_many(self, values: npt.ArrayLike) -> None:
         """Record each value of a 1-D float sequence, in order."""
     def record_elapsed_ms(self, start_ns: npt.NDArray[np.int64], end_ns: int) -> None:
         """Record ``(end_ns - s) / 1e6`` for each ``s`` of ``start_ns`` (milliseconds)."""
     def values(self) -> npt.NDArray[np.float64]:
         """A copy of the window, oldest first."""
-    def percentile(self, q: float) -> float:
-        """The q-th percentile (``0 <= q <= 100``, else ``ValueError``); NaN when empty."""
-    def summary(
-        self, percentiles: Sequence[float] = ()
-    ) -> tuple[int, float, float, float, tuple[float, ...]]:
-        """``(count, mean, min, max, (percentile(q) for q in percentiles))``, one copy.
-
-        Mean/min/max/percentiles are NaN when the window is empty.
-        """
     @staticmethod
     def summaries(
         windows: Sequence[StatsWindow], percentiles: Sequence[Sequence[float]]
     ) -> list[tuple[int, float, float, float, tuple[float, ...]]]:
-        """``[w.summary(qs) for w, qs in zip(windows, percentiles)]``, in one call.
+        """``(count, mean, min, max, percentiles)`` of each window, in one call.
 
-        Each window is copied under its own lock, as by its own ``summary``; the compiled
-        core then computes all of them in one stretch without the GIL. Every ``q`` is
-        checked before any window is read.
+        ``count`` is the number of values in window i and ``percentiles`` holds its
+        ``q``-th percentile for each ``q`` of ``percentiles[i]`` (0 to 100), in order.
+        Mean/min/max/percentiles are NaN when the window is empty; a NaN value makes
+        all of them NaN, as in numpy. Each window is copied under its own lock; the
+        compiled core then computes all of them in one stretch without the GIL. Every
+        ``q`` is checked before any window is read.
 
         Raises:
             ValueError: ``len(percentiles) != len(windows)``, or a ``q`` outside

@@ -3,7 +3,8 @@
 """Compiled core of fastbatch: the request queue, the batch assembler, the stats window.
 
 The behavioural contract is ``_core.pyi``; ``_core_py.py`` is the pure-Python twin and
-the oracle this module is tested against.
+the oracle this module is tested against. The numeric kernels (memory growth, sums,
+percentiles) are inline functions of ``_numeric.pxd``.
 
 Locking discipline (the reason for most of the shapes below):
 
@@ -29,18 +30,19 @@ from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, _Py_REFCNT
 from cpython.sequence cimport PySequence_Check, PySequence_GetItem, PySequence_GetSlice
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.math cimport NAN, floor
 from libc.stdint cimport INT64_MAX, int64_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memmove
-from libcpp.algorithm cimport max_element, min_element, nth_element, sort
 
 cimport numpy as cnp
+
+from fastbatch._numeric cimport Summary, grow, summarize
 
 import threading
 
 import numpy as np
 
+from fastbatch import _messages as msg
 from fastbatch._errors import (
     BatchDtypeError,
     BatchShapeError,
@@ -68,8 +70,6 @@ cdef extern from "_sync.hpp" nogil:
     void fb_notify_one(condition_variable&) noexcept
     void fb_notify_all(condition_variable&) noexcept
     int fb_cv_wait_until(condition_variable&, mutex&, int64_t deadline_ns) noexcept
-    double fb_lerp(double a, double b, double t) noexcept
-    void fb_min_max(const double* a, Py_ssize_t n, double* lo, double* hi) noexcept
 
 cdef extern from "Python.h":
     # Steals the reference: used to move queued PyObject* into fresh lists.
@@ -112,25 +112,6 @@ def monotonic_ns():
 
 # --- helpers -------------------------------------------------------------------------
 
-cdef int _grow(void** ptr, size_t nelems, size_t elsize) noexcept nogil:
-    """Resize ``*ptr`` to ``nelems * elsize`` bytes; on failure return -1, ``*ptr`` intact.
-
-    The one place memory grows (overflow-checked, like sklearn's ``safe_realloc``). It
-    does not raise: it runs under our mutexes, where taking the GIL is forbidden, so the
-    callers turn -1 into ``MemoryError`` once the lock is dropped.
-    """
-    cdef size_t nbytes
-    cdef void* p
-    if elsize != 0 and nelems > (<size_t>-1) // elsize:
-        return -1
-    nbytes = nelems * elsize
-    p = realloc(ptr[0], nbytes if nbytes > 0 else 1)
-    if p == NULL:
-        return -1
-    ptr[0] = p
-    return 0
-
-
 cdef int64_t _as_int64(object value, str name) except? -1:
     """``value`` as a C integer; ``TypeError`` for a non-integer (floats included)."""
     if type(value) is not int:
@@ -138,11 +119,11 @@ cdef int64_t _as_int64(object value, str name) except? -1:
             value = PyNumber_Index(value)
         except TypeError:
             raise TypeError(
-                f"{name} must be an integer, got {type(value).__name__}") from None
+                msg.NOT_AN_INTEGER.format(name=name, type=type(value).__name__)) from None
     try:
         return value
     except OverflowError:
-        raise OverflowError(f"{name} is out of range: {value!r}") from None
+        raise OverflowError(msg.OUT_OF_RANGE.format(name=name, value=value)) from None
 
 
 cdef int64_t _seconds_to_ns(object seconds, str name) except -2:
@@ -152,7 +133,7 @@ cdef int64_t _seconds_to_ns(object seconds, str name) except -2:
         return -1
     s = _as_double(seconds, name)
     if not s >= 0.0:  # catches NaN too
-        raise ValueError(f"{name} must be >= 0 seconds, got {seconds!r}")
+        raise ValueError(msg.NEGATIVE_SECONDS.format(name=name, value=seconds))
     if s >= _FOREVER_SECONDS:
         return -1
     return <int64_t>(s * 1e9 + 0.5)
@@ -163,7 +144,8 @@ cdef double _as_double(object value, str name) except? -1.0:
     try:
         return value
     except TypeError:
-        raise TypeError(f"{name} must be a real number, not {type(value).__name__}") from None
+        raise TypeError(
+            msg.NOT_A_REAL_NUMBER.format(name=name, type=type(value).__name__)) from None
 
 
 cdef inline int64_t _signal_check_deadline() noexcept nogil:
@@ -215,7 +197,6 @@ cdef struct QueueInfo:
     uint64_t puts
     Py_ssize_t count
     int64_t samples
-    int64_t nbytes
     bint closed
     bint paused
 
@@ -299,13 +280,13 @@ cdef class RequestQueue:
     def __cinit__(self, capacity=0, prioritized=False):
         cdef int64_t cap = _as_int64(capacity, "capacity")
         if cap < 0:
-            raise ValueError(f"capacity must be >= 0 (0 means unbounded), got {cap}")
+            raise ValueError(msg.QUEUE_CAPACITY.format(value=cap))
         self._capacity = <Py_ssize_t>cap
         self._prioritized = bool(prioritized)
         # Start small even when bounded: a queue of capacity 10**6 that never holds more
         # than a batch should not cost 56 MB.
         self._alloc = 64 if cap == 0 or cap > 64 else <Py_ssize_t>cap
-        if _grow(<void**>&self._buf, <size_t>self._alloc, sizeof(Request)) < 0:
+        if grow(<void**>&self._buf, <size_t>self._alloc, sizeof(Request)) < 0:
             raise MemoryError()
         self._need_samples = INT64_MAX
 
@@ -344,7 +325,7 @@ cdef class RequestQueue:
             new = max(2 * old, 64)
             if self._capacity and new > self._capacity:
                 new = self._capacity
-            if _grow(<void**>&self._heap, <size_t>new, sizeof(Request)) < 0:
+            if grow(<void**>&self._heap, <size_t>new, sizeof(Request)) < 0:
                 return -1
             self._heap_alloc = new
             return 0
@@ -354,7 +335,7 @@ cdef class RequestQueue:
         new = old * 2
         if self._capacity and new > self._capacity:
             new = self._capacity
-        if _grow(<void**>&self._buf, <size_t>new, sizeof(Request)) < 0:
+        if grow(<void**>&self._buf, <size_t>new, sizeof(Request)) < 0:
             return -1
         if self._head > 0:
             # The ring is full and wraps: slide [head, old) to the end of the new space.
@@ -555,7 +536,7 @@ cdef class RequestQueue:
                         break
                     if t.n == t.cap:
                         out = t.out
-                        if _grow(&out, <size_t>(2 * t.cap), sizeof(Request)) < 0:
+                        if grow(&out, <size_t>(2 * t.cap), sizeof(Request)) < 0:
                             break  # out of memory: hand out what we have
                         t.out = <Request*>out
                         t.cap *= 2
@@ -630,7 +611,6 @@ cdef class RequestQueue:
         info.puts = self._seq
         info.count = self._count
         info.samples = self._samples
-        info.nbytes = self._bytes
         info.closed = self._closed
         info.paused = self._paused
         fb_unlock(self._mutex)
@@ -658,29 +638,14 @@ cdef class RequestQueue:
         return self._capacity
 
     @property
-    def prioritized(self):
-        """Whether requests leave by ``(priority, sequence)`` rather than FIFO."""
-        return self._prioritized
-
-    @property
     def closed(self):
         """Whether ``close()`` has been called."""
         return self._control(OP_READ).closed
 
     @property
-    def paused(self):
-        """Whether ``take_batch`` is held at step 1."""
-        return self._control(OP_READ).paused
-
-    @property
     def queued_samples(self):
         """Sum of ``samples`` over the queued requests."""
         return self._control(OP_READ).samples
-
-    @property
-    def queued_bytes(self):
-        """Sum of ``nbytes`` over the queued requests."""
-        return self._control(OP_READ).nbytes
 
     @property
     def total_puts(self):
@@ -709,10 +674,10 @@ cdef class RequestQueue:
         cdef Request r
         r.samples = _as_int64(samples, "samples")
         if r.samples < 1:
-            raise ValueError(f"samples must be >= 1, got {r.samples}")
+            raise ValueError(msg.SAMPLES.format(value=r.samples))
         r.nbytes = _as_int64(nbytes, "nbytes")
         if r.nbytes < 0:
-            raise ValueError(f"nbytes must be >= 0, got {r.nbytes}")
+            raise ValueError(msg.NBYTES.format(value=r.nbytes))
         r.priority = _as_int64(priority, "priority")
         self._enqueue(&r, item, future, timeout)
 
@@ -720,16 +685,12 @@ cdef class RequestQueue:
         """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in ``put_row``."""
         dt = np.dtype(dtype)
         if type(shape) is not tuple or len(shape) != 1:
-            raise ValueError(f"a row schema has a 1-D shape (n,), got {shape!r}")
+            raise ValueError(msg.ROW_SCHEMA_SHAPE.format(shape=shape))
         n = _as_int64(shape[0], "shape[0]")
         if n < 0:
-            raise ValueError(f"a row schema has a 1-D shape (n,) with n >= 0, got {shape!r}")
+            raise ValueError(msg.ROW_SCHEMA_LENGTH.format(shape=shape))
         self._row_len = <cnp.npy_intp>n
         self._row_dtype = dt
-
-    def clear_row_schema(self):
-        """Make ``put_row`` refuse every item until the next ``set_row_schema``."""
-        self._row_dtype = None
 
     def put_row(self, object item, object future=None, timeout=None):
         """``put(item, future, 1, item.nbytes, 2, timeout)`` if ``item`` is a schema row.
@@ -791,15 +752,15 @@ cdef class RequestQueue:
         Py_DECREF(item)
         Py_DECREF(future)
         if status == ST_CLOSED:
-            raise QueueClosedError("the queue is closed: put() refused")
+            raise QueueClosedError(msg.QUEUE_CLOSED)
         if status == ST_CLOSED_WHILE_WAITING:
-            raise QueueClosedError("the queue was closed while put() waited for room")
+            raise QueueClosedError(msg.QUEUE_CLOSED_WHILE_WAITING)
         if status == ST_FULL:
             if deadline == FB_NO_WAIT:
-                raise QueueFullError(f"the queue is full ({self._capacity} requests)")
+                raise QueueFullError(msg.QUEUE_FULL.format(capacity=self._capacity))
             raise QueueFullError(
-                f"the queue stayed full ({self._capacity} requests) for {timeout} s")
-        raise MemoryError("cannot grow the request queue")
+                msg.QUEUE_STAYED_FULL.format(capacity=self._capacity, timeout=timeout))
+        raise MemoryError(msg.NO_MEMORY_QUEUE)
 
     def take_batch(self, max_samples, max_bytes=0, linger=0.0, timeout=None):
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
@@ -812,13 +773,13 @@ cdef class RequestQueue:
         cdef int status
         t.max_samples = _as_int64(max_samples, "max_samples")
         if t.max_samples < 1:
-            raise ValueError(f"max_samples must be >= 1, got {t.max_samples}")
+            raise ValueError(msg.MAX_SAMPLES.format(value=t.max_samples))
         t.max_bytes = _as_int64(max_bytes, "max_bytes")
         if t.max_bytes < 0:
-            raise ValueError(
-                f"max_bytes must be >= 0 (0 means no byte budget), got {t.max_bytes}")
+            raise ValueError(msg.MAX_BYTES.format(value=t.max_bytes))
         if linger is None:
-            raise TypeError("linger must be a real number, not NoneType")
+            # (None means "forever" to _seconds_to_ns, as it does for a timeout)
+            raise TypeError(msg.NOT_A_REAL_NUMBER.format(name="linger", type="NoneType"))
         t.linger_ns = _seconds_to_ns(linger, "linger")
         t.wait_deadline = _deadline(_seconds_to_ns(timeout, "timeout"))
         t.stage = 1
@@ -848,7 +809,7 @@ cdef class RequestQueue:
             if status == ST_TIMEOUT:
                 return None
             if status == ST_CLOSED:
-                raise QueueClosedError("the queue is closed and empty")
+                raise QueueClosedError(msg.QUEUE_CLOSED_AND_EMPTY)
             return _hand_out(t.out, t.n)
         finally:
             free(t.out)
@@ -865,7 +826,7 @@ cdef class RequestQueue:
                 fb_lock(self._mutex)
                 status = self._drain(&out, &n)
         if status == ST_NOMEM:
-            raise MemoryError("cannot drain the request queue")
+            raise MemoryError(msg.NO_MEMORY_DRAIN)
         try:
             return _hand_out(out, n)
         finally:
@@ -926,7 +887,6 @@ cdef class BatchAssembler:
     """
 
     cdef cnp.ndarray _buf
-    cdef Py_ssize_t _allocations
     cdef Py_ssize_t _n_items               # items of the last batch
     cdef Py_ssize_t _plan_alloc            # entries allocated in the arrays below
     # The last batch (what split() uses): start row per item plus the total, and
@@ -958,11 +918,11 @@ cdef class BatchAssembler:
         if n_items < self._plan_alloc:
             return 0
         new = <size_t>max(n_items + 1, 2 * self._plan_alloc, 16)
-        if (_grow(<void**>&self._offsets, new, sizeof(int64_t)) < 0
-                or _grow(<void**>&self._next_offsets, new, sizeof(int64_t)) < 0
-                or _grow(<void**>&self._one_row, new, 1) < 0
-                or _grow(<void**>&self._next_one_row, new, 1) < 0
-                or _grow(<void**>&self._src, new, sizeof(char*)) < 0):
+        if (grow(<void**>&self._offsets, new, sizeof(int64_t)) < 0
+                or grow(<void**>&self._next_offsets, new, sizeof(int64_t)) < 0
+                or grow(<void**>&self._one_row, new, 1) < 0
+                or grow(<void**>&self._next_one_row, new, 1) < 0
+                or grow(<void**>&self._src, new, sizeof(char*)) < 0):
             return -1
         self._plan_alloc = <Py_ssize_t>new
         return 0
@@ -977,28 +937,9 @@ cdef class BatchAssembler:
         self._next_one_row = one_row
         self._n_items = n_items
 
-    @property
-    def buffer_nbytes(self):
-        """Capacity of the current buffer in bytes (0 before the first batch)."""
-        return 0 if self._buf is None else cnp.PyArray_SIZE(self._buf)
-
-    @property
-    def allocations(self):
-        """How many buffers have been allocated so far."""
-        return self._allocations
-
-    @property
-    def offsets(self):
-        """Start row of each item of the last batch, plus the total (read-only copy)."""
-        cdef cnp.npy_intp dim = self._n_items + 1
-        cdef cnp.ndarray arr = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_INT64, 0)
-        memcpy(cnp.PyArray_DATA(arr), self._offsets, <size_t>dim * sizeof(int64_t))
-        cnp.PyArray_CLEARFLAGS(arr, cnp.NPY_ARRAY_WRITEABLE)
-        return arr
-
     def __repr__(self):
-        return (f"<{type(self).__name__} buffer_nbytes={self.buffer_nbytes}"
-                f" allocations={self._allocations}>")
+        nbytes = 0 if self._buf is None else cnp.PyArray_SIZE(self._buf)
+        return f"<{type(self).__name__} buffer_nbytes={nbytes}>"
 
     def assemble(self, items):
         """Return the batch of ``items`` (a non-empty sequence of numpy arrays).
@@ -1023,21 +964,19 @@ cdef class BatchAssembler:
         cdef PyObject* obj
         cdef int64_t* offsets
         if self._busy:
-            raise RuntimeError("BatchAssembler used from two threads at once")
+            raise RuntimeError(msg.ASSEMBLER_BUSY)
         # A tuple of our own: the items stay alive (and in place) while we copy without
         # the GIL, whatever another thread does to the caller's list.
         seq = tuple(items)
         n = PyTuple_GET_SIZE(seq)
         if n == 0:
-            raise ValueError("cannot assemble a batch of no items")
+            raise ValueError(msg.NO_ITEMS)
         a0 = _check_item(seq, 0)
         nd0 = cnp.PyArray_NDIM(a0)
         shape0 = cnp.PyArray_DIMS(a0)
         dtype0 = cnp.PyArray_DESCR(a0)
         if _holds_objects(dtype0):
-            raise BatchDtypeError(
-                f"item 0 has dtype {str(a0.dtype)}, which holds Python objects and"
-                " cannot be batched")
+            raise BatchDtypeError(msg.OBJECT_DTYPE.format(i=0, dtype=a0.dtype))
         # Sample shape: all of a 1-D item, shape[1:] of a mini-batch.
         snd0 = 1 if nd0 == 1 else nd0 - 1
         for d in range(snd0):
@@ -1056,21 +995,20 @@ cdef class BatchAssembler:
             dt = cnp.PyArray_DESCR(a)
             if dt != dtype0 and not cnp.PyArray_EquivTypes(<cnp.dtype>dtype0, <cnp.dtype>dt):
                 raise BatchDtypeError(
-                    f"item {i} has dtype {str(a.dtype)} but the batch has dtype"
-                    f" {str(a0.dtype)}")
+                    msg.DTYPE_MISMATCH.format(i=i, dtype=a.dtype, batch_dtype=a0.dtype))
             if (1 if nd == 1 else nd - 1) != snd0 or not _same_dims(
                     shape + (0 if nd == 1 else 1), &dims[1], snd0):
                 _raise_shape_error(i, <object>a, <object>a0)
             k = 1 if nd == 1 else shape[0]
             if k == 0:
-                raise ValueError(f"item {i} has zero samples (array shape {(<object>a).shape})")
+                raise ValueError(msg.ZERO_SAMPLES.format(i=i, shape=(<object>a).shape))
             offsets[i] = total
             self._next_one_row[i] = nd == 1
             self._src[i] = cnp.PyArray_BYTES(a) if cnp.PyArray_IS_C_CONTIGUOUS(a) else NULL
             total += k
         offsets[n] = total
         if row_bytes > 0 and total > (<Py_ssize_t>(<size_t>-1 >> 1)) // row_bytes:
-            raise MemoryError(f"a batch of {total} samples of {row_bytes} bytes is too large")
+            raise MemoryError(msg.BATCH_TOO_LARGE.format(total=total, row_bytes=row_bytes))
         nbytes = total * row_bytes
 
         # 2. The buffer: reuse it only when nothing else references it.
@@ -1080,7 +1018,6 @@ cdef class BatchAssembler:
                 capacity = max(nbytes, 2 * capacity)
             dims[0] = capacity
             self._buf = cnp.PyArray_EMPTY(1, dims, cnp.NPY_UINT8, 0)
-            self._allocations += 1
         dst = cnp.PyArray_BYTES(self._buf)
 
         # 3. Copy contiguous items with memcpy; without the GIL when it is worth it.
@@ -1117,35 +1054,39 @@ cdef class BatchAssembler:
         ``result[offset:offset+n]``.
 
         Raises:
-            ResultMismatchError: ``result`` has no length or its length differs.
+            ResultMismatchError: ``result`` has no length, its length differs, or it
+                cannot be indexed (``TypeError`` or ``LookupError``, as the cause).
         """
         cdef Py_ssize_t i, n = self._n_items, total = self._offsets[self._n_items], m
         cdef bint is_seq
         cdef list out
         if self._busy:
-            raise RuntimeError("BatchAssembler used from two threads at once")
+            raise RuntimeError(msg.ASSEMBLER_BUSY)
         try:
             m = len(result)
         except TypeError:
-            raise ResultMismatchError(
-                f"the batch function returned {type(result).__name__}, expected a"
-                f" sequence of {total} results") from None
+            raise ResultMismatchError(msg.RESULT_WITHOUT_LENGTH.format(
+                type=type(result).__name__, total=total)) from None
         if m != total:
-            raise ResultMismatchError(
-                f"the batch function returned {m} results for a batch of {total} samples")
+            raise ResultMismatchError(msg.RESULT_LENGTH.format(n=m, total=total))
         # Slots not filled yet are NULL, which list_dealloc tolerates if a
         # __getitem__ raises half-way.
         out = PyList_New(n)
         is_seq = PySequence_Check(result)
-        for i in range(n):
-            if self._one_row[i]:
-                piece = (PySequence_GetItem(result, self._offsets[i]) if is_seq
-                         else result[self._offsets[i]])
-            else:
-                piece = (PySequence_GetSlice(result, self._offsets[i], self._offsets[i + 1])
-                         if is_seq else result[self._offsets[i]:self._offsets[i + 1]])
-            Py_INCREF(piece)
-            _list_steal_item(out, i, <PyObject*>piece)
+        try:
+            for i in range(n):
+                if self._one_row[i]:
+                    piece = (PySequence_GetItem(result, self._offsets[i]) if is_seq
+                             else result[self._offsets[i]])
+                else:
+                    piece = (PySequence_GetSlice(result, self._offsets[i], self._offsets[i + 1])
+                             if is_seq else result[self._offsets[i]:self._offsets[i + 1]])
+                Py_INCREF(piece)
+                _list_steal_item(out, i, <PyObject*>piece)
+        except (TypeError, LookupError) as exc:
+            # A set, a mapping, a __len__ that lies: the function's fault, not an item's.
+            raise ResultMismatchError(msg.RESULT_NOT_INDEXABLE.format(
+                type=type(result).__name__, n=m, total=total, error=type(exc).__name__)) from exc
         return out
 
 
@@ -1162,9 +1103,9 @@ cdef cnp.ndarray _check_item(tuple seq, Py_ssize_t i):
     """Item ``i`` as an ndarray with ``ndim >= 1``, or the contract's error."""
     cdef object obj = <object>PyTuple_GET_ITEM(seq, i)
     if not cnp.PyArray_Check(obj):
-        raise TypeError(f"item {i} is {type(obj).__name__}, expected a numpy array")
+        raise TypeError(msg.NOT_AN_ARRAY.format(i=i, type=type(obj).__name__))
     if cnp.PyArray_NDIM(<cnp.ndarray>obj) == 0:
-        raise ValueError(f"item {i} is a 0-d array; an item needs at least one dimension")
+        raise ValueError(msg.ZERO_DIMENSIONAL.format(i=i))
     return <cnp.ndarray>obj
 
 
@@ -1181,150 +1122,14 @@ cdef int _raise_shape_error(Py_ssize_t i, object a, object a0) except -1:
     batch_sample = a0.shape if a0.ndim == 1 else a0.shape[1:]
     if a.ndim == 1:
         raise BatchShapeError(
-            f"item {i} has shape {a.shape} but the batch has shape {batch_sample}")
-    raise BatchShapeError(
-        f"item {i} has sample shape {a.shape[1:]} (array shape {a.shape}) but the batch"
-        f" has sample shape {batch_sample}")
+            msg.ROW_SHAPE_MISMATCH.format(i=i, shape=a.shape, batch_shape=batch_sample))
+    raise BatchShapeError(msg.SAMPLE_SHAPE_MISMATCH.format(
+        i=i, sample_shape=a.shape[1:], shape=a.shape, batch_shape=batch_sample))
 
 
 # --- StatsWindow ---------------------------------------------------------------------
 
-cdef double _pairwise_sum(const double* a, Py_ssize_t n) noexcept nogil:
-    """numpy's pairwise summation (``@TYPE@_pairwise_sum``), operation for operation.
-
-    So that ``mean`` equals ``numpy.mean(values())`` to the last bit, not just closely.
-    """
-    cdef double r0, r1, r2, r3, r4, r5, r6, r7, res
-    cdef Py_ssize_t i, n2, stop
-    if n < 8:
-        res = 0.0
-        for i in range(n):
-            res += a[i]
-        return res
-    if n <= 128:
-        r0 = a[0]; r1 = a[1]; r2 = a[2]; r3 = a[3]
-        r4 = a[4]; r5 = a[5]; r6 = a[6]; r7 = a[7]
-        stop = n - n % 8
-        i = 8
-        while i < stop:
-            r0 += a[i]; r1 += a[i + 1]; r2 += a[i + 2]; r3 += a[i + 3]
-            r4 += a[i + 4]; r5 += a[i + 5]; r6 += a[i + 6]; r7 += a[i + 7]
-            i += 8
-        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            res += a[i]
-            i += 1
-        return res
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pairwise_sum(a, n2) + _pairwise_sum(a + n2, n - n2)
-
-
-cdef inline void _rank(Py_ssize_t n, double q, Py_ssize_t* lo, Py_ssize_t* hi,
-                       double* gamma) noexcept nogil:
-    """numpy's 'linear' method: neighbours and weight of the q-th percentile of n values."""
-    cdef double virtual = <double>(n - 1) * (q / 100.0)
-    cdef double below
-    if virtual >= <double>(n - 1):
-        # numpy takes the last value twice, with the index -1 used in the weight.
-        lo[0] = hi[0] = n - 1
-        gamma[0] = virtual + 1.0
-    else:
-        below = floor(virtual)
-        lo[0] = <Py_ssize_t>below
-        hi[0] = lo[0] + 1
-        gamma[0] = virtual - below
-
-
-cdef void _percentiles(double* a, Py_ssize_t n, const double* qs, Py_ssize_t m,
-                       double* out) noexcept nogil:
-    """Percentiles of ``a[:n]`` (reordered in place; no NaN in it; n >= 1)."""
-    cdef Py_ssize_t idx[16]
-    cdef Py_ssize_t lo, hi, i, j, k, start = 0, tmp
-    cdef double gamma
-    if m > 8:
-        sort(a, a + n)
-    else:
-        # Select only the order statistics needed, left to right: each nth_element
-        # works on what lies beyond the previous one.
-        k = 0
-        for i in range(m):
-            _rank(n, qs[i], &lo, &hi, &gamma)
-            idx[k] = lo
-            idx[k + 1] = hi
-            k += 2
-        for i in range(1, k):  # insertion sort of at most 16 indices
-            tmp = idx[i]
-            j = i
-            while j > 0 and idx[j - 1] > tmp:
-                idx[j] = idx[j - 1]
-                j -= 1
-            idx[j] = tmp
-        for i in range(k):
-            if idx[i] < start:
-                continue  # a duplicate, already in place
-            if idx[i] == start:
-                # The smallest of the rest (typically the neighbour of the previous
-                # one): a scan, swapped into place to keep the partition valid.
-                j = min_element(a + start, a + n) - a
-                a[start], a[j] = a[j], a[start]
-                start += 1
-            elif idx[i] == n - 1:
-                j = max_element(a + start, a + n) - a
-                a[n - 1], a[j] = a[j], a[n - 1]
-                start = n
-            else:
-                nth_element(a + start, a + idx[i], a + n)
-                start = idx[i] + 1
-    for i in range(m):
-        _rank(n, qs[i], &lo, &hi, &gamma)
-        out[i] = fb_lerp(a[lo], a[hi], gamma)
-
-
-cdef struct Summary:
-    Py_ssize_t count
-    double mean
-    double min
-    double max
-
-
-cdef bint _has_nan(const double* a, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t i
-    for i in range(n):
-        if a[i] != a[i]:
-            return True
-    return False
-
-
-cdef void _summarize(double* a, Py_ssize_t n, const double* qs, Py_ssize_t m,
-                     Summary* s, double* out, bint moments) noexcept nogil:
-    """Percentiles of ``a[:n]``, and mean/min/max when ``moments``; NaN as numpy gives."""
-    cdef Py_ssize_t i
-    cdef bint has_nan
-    s.count = n
-    s.mean = s.min = s.max = NAN
-    if n == 0:
-        for i in range(m):
-            out[i] = NAN
-        return
-    if moments:
-        s.mean = _pairwise_sum(a, n) / <double>n
-        # A NaN value makes the sum NaN; a NaN sum may also be inf - inf: look.
-        has_nan = s.mean != s.mean and _has_nan(a, n)
-    else:
-        has_nan = _has_nan(a, n)
-    if has_nan:
-        # numpy propagates NaN through min, max and every percentile.
-        for i in range(m):
-            out[i] = NAN
-        return
-    if moments:
-        fb_min_max(a, n, &s.min, &s.max)
-    if m > 0:
-        _percentiles(a, n, qs, m, out)
-
-
-cdef list _summaries(tuple windows, tuple qss, bint moments):
+cdef list _summaries(tuple windows, tuple qss):
     """Summaries of ``windows`` (StatsWindow) with the percentiles ``qss[i]`` of each.
 
     Each window is copied under its own lock, then all copies are computed in one
@@ -1360,7 +1165,7 @@ cdef list _summaries(tuple windows, tuple qss, bint moments):
                 q = (<tuple>qss[i])[t]
                 qv = _as_double(q, "q")
                 if not 0.0 <= qv <= 100.0:  # NaN fails too
-                    raise ValueError(f"percentile q must be between 0 and 100, got {q!r}")
+                    raise ValueError(msg.PERCENTILE_RANGE.format(q=q))
                 qs[i][t] = qv
         nv = 0
         for i in range(k):
@@ -1369,10 +1174,10 @@ cdef list _summaries(tuple windows, tuple qss, bint moments):
         if nv >= _NOGIL_STATS_VALUES:
             with nogil:
                 for i in range(k):
-                    _summarize(values[i], s[i].count, qs[i], m[i], &s[i], qs[i] + m[i], moments)
+                    summarize(values[i], s[i].count, qs[i], m[i], &s[i], qs[i] + m[i])
         else:
             for i in range(k):
-                _summarize(values[i], s[i].count, qs[i], m[i], &s[i], qs[i] + m[i], moments)
+                summarize(values[i], s[i].count, qs[i], m[i], &s[i], qs[i] + m[i])
         return [(s[i].count, s[i].mean, s[i].min, s[i].max,
                  tuple([qs[i][m[i] + t] for t in range(m[i])])) for i in range(k)]
     finally:
@@ -1392,7 +1197,6 @@ cdef class StatsWindow:
     cdef Py_ssize_t _capacity
     cdef Py_ssize_t _head       # next slot to write
     cdef Py_ssize_t _len
-    cdef int64_t _total
 
     def __init__(self, capacity):
         # Checked in __cinit__; here for the visible signature (see RequestQueue).
@@ -1401,9 +1205,9 @@ cdef class StatsWindow:
     def __cinit__(self, capacity):
         cdef int64_t cap = _as_int64(capacity, "capacity")
         if cap < 1:
-            raise ValueError(f"capacity must be >= 1, got {cap}")
-        if _grow(<void**>&self._ring, <size_t>cap, sizeof(double)) < 0:
-            raise MemoryError(f"cannot allocate a window of {cap} values")
+            raise ValueError(msg.WINDOW_CAPACITY.format(value=cap))
+        if grow(<void**>&self._ring, <size_t>cap, sizeof(double)) < 0:
+            raise MemoryError(msg.NO_MEMORY_WINDOW.format(capacity=cap))
         self._capacity = <Py_ssize_t>cap
 
     def __dealloc__(self):
@@ -1413,7 +1217,6 @@ cdef class StatsWindow:
 
     cdef void _write(self, const double* v, Py_ssize_t n) noexcept nogil:
         cdef Py_ssize_t cap = self._capacity, first
-        self._total += n
         if n >= cap:
             memcpy(self._ring, v + (n - cap), <size_t>cap * sizeof(double))
             self._head = 0
@@ -1429,7 +1232,6 @@ cdef class StatsWindow:
     cdef void _write_elapsed(self, const int64_t* start, Py_ssize_t n,
                              int64_t end) noexcept nogil:
         cdef Py_ssize_t i, cap = self._capacity, skip = n - cap if n > cap else 0
-        self._total += n
         for i in range(skip, n):
             # Wrapping subtraction, as numpy's int64 arithmetic does.
             self._ring[self._head] = <double>(<int64_t>(<uint64_t>end - <uint64_t>start[i])) / 1e6
@@ -1442,12 +1244,10 @@ cdef class StatsWindow:
     cdef void _reset(self) noexcept nogil:
         self._head = 0
         self._len = 0
-        self._total = 0
         fb_unlock(self._mutex)
 
-    cdef Py_ssize_t _read(self, int64_t* total) noexcept nogil:
+    cdef Py_ssize_t _read(self) noexcept nogil:
         cdef Py_ssize_t n = self._len
-        total[0] = self._total
         fb_unlock(self._mutex)
         return n
 
@@ -1472,12 +1272,12 @@ cdef class StatsWindow:
             fb_lock(self._mutex)
             return self._copy(dst)
 
-    cdef Py_ssize_t _counts(self, int64_t* total):
+    cdef Py_ssize_t _length(self):
         if fb_try_lock(self._mutex):
-            return self._read(total)
+            return self._read()
         with nogil:
             fb_lock(self._mutex)
-            return self._read(total)
+            return self._read()
 
     cdef void _append(self, const double* v, Py_ssize_t n):
         if fb_try_lock(self._mutex):
@@ -1489,36 +1289,25 @@ cdef class StatsWindow:
 
     # -- Python API -------------------------------------------------------------------
 
-    @property
-    def capacity(self):
-        """Maximum number of values the window holds."""
-        return self._capacity
-
-    @property
-    def total_count(self):
-        """Values recorded since creation or ``clear()``, including those overwritten."""
-        cdef int64_t total
-        self._counts(&total)
-        return total
-
     def __len__(self):
-        """Values currently in the window (``min(total_count, capacity)``)."""
-        cdef int64_t total
-        return self._counts(&total)
+        """Values currently in the window: those recorded, at most ``capacity``."""
+        return self._length()
 
     def __repr__(self):
         return f"<{type(self).__name__} {len(self)}/{self._capacity} values>"
 
-    def record(self, double value):
-        """Record one value."""
-        self._append(&value, 1)
+    def record(self, value):
+        """Record one value (a real number; ``TypeError`` otherwise)."""
+        cdef double v = _as_double(value, "value")
+        self._append(&v, 1)
 
     def record_many(self, values):
         """Record each value of a 1-D float sequence, in order."""
         cdef cnp.ndarray arr = cnp.PyArray_FROMANY(
             values, cnp.NPY_FLOAT64, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
         if cnp.PyArray_NDIM(arr) != 1:
-            raise ValueError(f"values must be one-dimensional, got shape {(<object>arr).shape}")
+            raise ValueError(
+                msg.NOT_ONE_DIMENSIONAL.format(name="values", shape=(<object>arr).shape))
         self._append(<const double*>cnp.PyArray_DATA(arr), cnp.PyArray_SIZE(arr))
 
     def record_elapsed_ms(self, start_ns, end_ns):
@@ -1528,7 +1317,7 @@ cdef class StatsWindow:
             start_ns, cnp.NPY_INT64, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
         if cnp.PyArray_NDIM(arr) != 1:
             raise ValueError(
-                f"start_ns must be one-dimensional, got shape {(<object>arr).shape}")
+                msg.NOT_ONE_DIMENSIONAL.format(name="start_ns", shape=(<object>arr).shape))
         cdef const int64_t* start = <const int64_t*>cnp.PyArray_DATA(arr)
         cdef Py_ssize_t n = cnp.PyArray_SIZE(arr)
         if fb_try_lock(self._mutex):
@@ -1545,36 +1334,27 @@ cdef class StatsWindow:
         cdef Py_ssize_t n = self._snapshot(<double*>cnp.PyArray_DATA(arr))
         return arr if n == self._capacity else arr[:n].copy()
 
-    def percentile(self, q):
-        """The q-th percentile (``0 <= q <= 100``, else ``ValueError``); NaN when empty."""
-        return _summaries((self,), ((q,),), False)[0][4][0]
-
-    def summary(self, percentiles=()):
-        """``(count, mean, min, max, (percentile(q) for q in percentiles))``, one copy.
-
-        Mean/min/max/percentiles are NaN when the window is empty.
-        """
-        return _summaries((self,), (tuple(percentiles),), True)[0]
-
     @staticmethod
     def summaries(windows, percentiles):
-        """``[w.summary(qs) for w, qs in zip(windows, percentiles)]`` in one call.
+        """``(count, mean, min, max, percentiles)`` of each window, in one call.
 
-        Each window is copied under its own lock; all are then computed in one
-        stretch, without the GIL when they hold enough values to be worth it.
+        ``percentiles[i]`` are the ``q`` (0 to 100) of window i; mean/min/max and the
+        percentiles are NaN for an empty window. Each window is copied under its own
+        lock; all are then computed in one stretch, without the GIL when they hold
+        enough values to be worth it.
         """
         ws = tuple(windows)
         qss = tuple([tuple(qs) for qs in percentiles])
         if len(ws) != len(qss):
             raise ValueError(
-                f"{len(ws)} windows but {len(qss)} percentile sequences: one per window")
+                msg.WINDOWS_AND_PERCENTILES.format(windows=len(ws), sequences=len(qss)))
         for w in ws:
             if not isinstance(w, StatsWindow):
-                raise TypeError(f"expected StatsWindow objects, got {type(w).__name__}")
-        return _summaries(ws, qss, True)
+                raise TypeError(msg.NOT_A_WINDOW.format(type=type(w).__name__))
+        return _summaries(ws, qss)
 
     def clear(self):
-        """Forget every value (``total_count`` restarts at 0)."""
+        """Forget every value."""
         if fb_try_lock(self._mutex):
             self._reset()
         else:

@@ -6,6 +6,8 @@ Every test runs against both cores (the ``core`` fixture); the contract is
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -17,6 +19,19 @@ def reference_batch(items: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([a[np.newaxis] if a.ndim == 1 else a for a in items])
 
 
+def expected_pieces(items: list[np.ndarray]) -> list:
+    """What ``split(list(range(total)))`` gives: each item's row number or row range."""
+    pieces, start = [], 0
+    for a in items:
+        if a.ndim == 1:
+            pieces.append(start)
+            start += 1
+        else:
+            pieces.append(list(range(start, start + a.shape[0])))
+            start += a.shape[0]
+    return pieces
+
+
 def check_batch(asm, items: list[np.ndarray]) -> np.ndarray:
     batch = asm.assemble(items)
     expected = reference_batch(items)
@@ -24,11 +39,32 @@ def check_batch(asm, items: list[np.ndarray]) -> np.ndarray:
     assert batch.shape == expected.shape
     assert batch.flags.c_contiguous
     np.testing.assert_array_equal(batch, expected)
-    counts = [1 if a.ndim == 1 else a.shape[0] for a in items]
-    offsets = asm.offsets
-    assert offsets.dtype == np.int64
-    assert offsets.tolist() == np.concatenate([[0], np.cumsum(counts)]).tolist()
+    # The layout split() follows: row i of the batch is the sample the row numbers say.
+    assert asm.split(list(range(len(batch)))) == expected_pieces(items)
     return batch
+
+
+class BufferWatch:
+    """Tells apart the buffers behind successive batches without keeping one alive.
+
+    A batch's ``base`` is the assembler's buffer (``_core.pyi``); a weak reference to it
+    shows whether the next batch reuses it, and costs no reference that would stop reuse.
+    """
+
+    def __init__(self) -> None:
+        self.buffers = 0
+        self._last: weakref.ref | None = None
+
+    def see(self, batch: np.ndarray) -> bool:
+        """Record the buffer of ``batch``; True when it is the previous batch's buffer."""
+        buffer = batch.base
+        assert isinstance(buffer, np.ndarray) and buffer.dtype == np.uint8 and buffer.ndim == 1
+        assert buffer.nbytes >= batch.nbytes
+        reused = self._last is not None and self._last() is buffer
+        if not reused:
+            self.buffers += 1
+            self._last = weakref.ref(buffer)
+        return reused
 
 
 # ---------------------------------------------------------------- layout
@@ -194,6 +230,24 @@ def test_a_failed_assemble_leaves_the_assembler_usable(core):
     check_batch(asm, [np.ones(3), np.full((2, 3), 2.0)])
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [
+        [np.zeros((2, 3)), np.zeros(4)],  # shape
+        [np.zeros(3), np.zeros(3, np.int8)],  # dtype
+        [np.zeros(3), np.zeros((0, 3))],  # zero samples
+        [np.zeros(3), "x"],  # not an array
+    ],
+)
+def test_a_rejected_batch_leaves_split_following_the_last_good_one(core, bad):
+    asm = core.BatchAssembler()
+    good = [np.zeros((2, 3)), np.zeros(3), np.zeros((3, 3))]
+    asm.assemble(good)
+    with pytest.raises((ValueError, TypeError)):
+        asm.assemble(bad)
+    assert asm.split(list(range(6))) == expected_pieces(good)
+
+
 # ---------------------------------------------------------------- buffer reuse
 
 
@@ -203,19 +257,19 @@ def _two_batches(n: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]
 
 
 def test_buffer_is_reused_when_nothing_holds_the_batch(core):
-    asm = core.BatchAssembler()
-    assert (asm.buffer_nbytes, asm.allocations) == (0, 0)
+    asm, watch = core.BatchAssembler(), BufferWatch()
     first, second = _two_batches(16, 6)
     batch = asm.assemble(first)
-    assert asm.allocations == 1 and asm.buffer_nbytes >= batch.nbytes
+    assert not watch.see(batch)
     del batch
     for items in (second, first, second):
         batch = check_batch(asm, items)
+        assert watch.see(batch), "the released buffer must be reused"
         del batch
-    assert asm.allocations == 1
     smaller = asm.assemble([np.ones((3, 4))])
+    assert watch.see(smaller), "a smaller batch fits in the buffer"
     del smaller
-    assert asm.allocations == 1, "a smaller batch fits in the buffer"
+    assert watch.buffers == 1
 
 
 KEEPERS = {
@@ -231,18 +285,22 @@ KEEPERS = {
 
 @pytest.mark.parametrize("keeper", list(KEEPERS))
 def test_held_batch_or_view_is_never_overwritten(core, keeper):
-    asm = core.BatchAssembler()
+    asm, watch = core.BatchAssembler(), BufferWatch()
     first, second = _two_batches(16, 7)
-    kept = KEEPERS[keeper](asm, asm.assemble(first))  # the batch itself is dropped
+    batch1 = asm.assemble(first)
+    watch.see(batch1)
+    kept = KEEPERS[keeper](asm, batch1)
+    del batch1  # only what the keeper kept refers to the buffer now
     snapshot = np.array(kept, copy=True)
     batch2 = check_batch(asm, second)
-    assert asm.allocations == 2, "the held buffer must not be reused"
+    assert not watch.see(batch2), "the held buffer must not be reused"
     np.testing.assert_array_equal(np.asarray(kept), snapshot)
     assert not np.shares_memory(np.asarray(kept), batch2)
     del kept, batch2
     batch3 = check_batch(asm, first)
-    assert asm.allocations == 2, "a released buffer is reused again"
+    assert watch.see(batch3), "a released buffer is reused again"
     del batch3
+    assert watch.buffers == 2
 
 
 def test_user_function_returning_its_input_does_not_alias_later_batches(core):
@@ -257,13 +315,15 @@ def test_user_function_returning_its_input_does_not_alias_later_batches(core):
 
 
 def test_buffer_grows_geometrically(core):
-    asm = core.BatchAssembler()
+    asm, watch = core.BatchAssembler(), BufferWatch()
     for n in range(1, 301):
         batch = asm.assemble([np.ones((n, 4))])
         assert batch.shape == (n, 4)
+        watch.see(batch)
+        capacity = batch.base.nbytes
         del batch
-    assert asm.buffer_nbytes >= 300 * 4 * 8
-    assert asm.allocations <= 20, f"{asm.allocations} allocations for 300 growing batches"
+    assert capacity >= 300 * 4 * 8
+    assert watch.buffers <= 20, f"{watch.buffers} buffers for 300 growing batches"
 
 
 # ---------------------------------------------------------------- split
@@ -334,22 +394,61 @@ def test_split_without_length_message(core):
     )
 
 
-# ---------------------------------------------------------------- cores agree
+class LyingLength:
+    """Claims ten results, holds three."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index):
+        data = list(range(3))
+        if isinstance(index, slice) and index.stop > len(data):
+            raise IndexError("slice out of range")
+        return data[index]
 
 
-def test_compiled_assembler_matches_pure_python(compiled_core, py_core):
-    rng = np.random.default_rng(8)
-    assemblers = [compiled_core.BatchAssembler(), py_core.BatchAssembler()]
-    for _ in range(100):
-        sample_shape = tuple(rng.integers(1, 4, rng.integers(1, 3)).tolist())
-        dtype = rng.choice([np.float32, np.int16, np.complex64])
-        items = []
-        for _ in range(rng.integers(1, 6)):
-            row = len(sample_shape) == 1 and rng.random() < 0.3
-            shape = sample_shape if row else (int(rng.integers(1, 4)), *sample_shape)
-            items.append((rng.random(shape) * 100).astype(dtype))
-        c_batch, p_batch = (a.assemble(items) for a in assemblers)
-        np.testing.assert_array_equal(c_batch, p_batch, strict=True)
-        assert assemblers[0].offsets.tolist() == assemblers[1].offsets.tolist()
-        result = list(range(len(p_batch)))
-        assert assemblers[0].split(result) == assemblers[1].split(result)
+def _slice_error(result) -> type[BaseException]:
+    try:
+        result[1:5]
+    except Exception as exc:  # noqa: BLE001 - the type is what the test wants
+        return type(exc)
+    raise AssertionError("the slice worked")
+
+
+class BrokenGetitem:
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, index):
+        raise RuntimeError("a bug in the result type")
+
+
+@pytest.mark.parametrize(
+    ("result", "error"),
+    [
+        (set(range(10)), TypeError),  # not subscriptable
+        # Row 0 works, the slice does not: TypeError (unhashable) before Python 3.12.
+        (dict.fromkeys(range(10)), None),
+        ({str(i): i for i in range(10)}, KeyError),
+        (LyingLength(), IndexError),
+    ],
+    ids=["set", "dict", "dict-of-str", "lying-len"],
+)
+def test_split_of_a_result_that_cannot_be_indexed(core, result, error):
+    error = error or _slice_error(result)
+    asm = core.BatchAssembler()
+    asm.assemble([np.zeros(2), np.zeros((4, 2)), np.zeros((5, 2))])
+    with pytest.raises(ResultMismatchError) as excinfo:
+        asm.split(result)
+    assert str(excinfo.value) == (
+        f"the batch function returned {type(result).__name__} of length 10 for a batch of 10 "
+        f"samples, but it cannot be split by sample: indexing it raised {error.__name__}"
+    )
+    assert type(excinfo.value.__cause__) is error
+
+
+def test_split_lets_other_errors_of_the_result_propagate(core):
+    asm = core.BatchAssembler()
+    asm.assemble([np.zeros((10, 2))])
+    with pytest.raises(RuntimeError, match="a bug in the result type"):
+        asm.split(BrokenGetitem())
