@@ -35,7 +35,7 @@ def stress_rounds(fast: int, extended: int) -> pytest.MarkDecorator:
 
 def use_core(core: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """Patch ``core`` (``fastbatch._core`` or ``_core_py``) into the backend for one test."""
-    for name in ("RequestQueue", "BatchAssembler", "StatsWindow", "monotonic_ns"):
+    for name in ("RequestQueue", "BatchAssembler", "StatsWindow", "Histogram", "monotonic_ns"):
         monkeypatch.setattr(_backend, name, getattr(core, name))
     monkeypatch.setattr(_backend, "NAME", core_name(core))
     return core

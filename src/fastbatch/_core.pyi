@@ -223,3 +223,25 @@ class StatsWindow:
             TypeError: an element of ``windows`` is not a ``StatsWindow`` of this core.
         """
     def clear(self) -> None: ...
+
+@disjoint_base
+class Histogram:
+    """Counts per bucket since creation, with the sum and count of the values observed.
+
+    Bucket ``i`` holds the values ``<= bounds[i]`` and ``> bounds[i - 1]`` (Prometheus's
+    ``le``); one more bucket holds the values above every bound (NaN among them).
+    Thread-safe: one short lock; ``observe_elapsed`` counts a whole batch in one call.
+
+    Raises:
+        ValueError: ``bounds`` is not a non-empty, strictly increasing sequence of
+            finite numbers.
+    """
+
+    bounds: tuple[float, ...]
+    def __init__(self, bounds: Sequence[float]) -> None: ...
+    def observe(self, value: float) -> None:
+        """Count one value."""
+    def observe_elapsed(self, start_ns: npt.NDArray[np.int64], end_ns: int, scale: float) -> None:
+        """Count ``(end_ns - s) * scale`` for each ``s`` of ``start_ns``, in order."""
+    def snapshot(self) -> tuple[tuple[int, ...], int, float]:
+        """``(cumulative count at each bound, count of every value, sum)`` at one moment."""

@@ -1361,3 +1361,117 @@ cdef class StatsWindow:
             with nogil:
                 fb_lock(self._mutex)
                 self._reset()
+
+
+cdef class Histogram:
+    """Counts per bucket since creation, with the sum and count of the values observed.
+
+    Bucket ``i`` holds the values ``<= bounds[i]`` and ``> bounds[i - 1]`` (Prometheus's
+    ``le``); one more bucket holds the values above every bound (NaN among them). The
+    worker observes a whole batch in one call, a C loop over its timestamps; readers take
+    a snapshot under the same short lock.
+    """
+
+    cdef mutex _mutex
+    cdef double* _bounds
+    cdef int64_t* _counts      # _n + 1 buckets
+    cdef Py_ssize_t _n
+    cdef double _sum
+    cdef readonly tuple bounds
+
+    def __init__(self, bounds):
+        # Checked in __cinit__; here for the visible signature (see RequestQueue).
+        pass
+
+    def __cinit__(self, bounds):
+        cdef list values
+        try:
+            values = [float(b) for b in bounds]
+        except (TypeError, ValueError):
+            raise ValueError(msg.HISTOGRAM_BOUNDS.format(bounds=bounds)) from None
+        if (not values or isinstance(bounds, (str, bytes))
+                or any(not (v == v and abs(v) != float("inf")) for v in values)
+                or any(b <= a for a, b in zip(values, values[1:]))):
+            raise ValueError(msg.HISTOGRAM_BOUNDS.format(bounds=bounds))
+        cdef Py_ssize_t n = len(values), i
+        if (grow(<void**>&self._bounds, <size_t>n, sizeof(double)) < 0
+                or grow(<void**>&self._counts, <size_t>(n + 1), sizeof(int64_t)) < 0):
+            raise MemoryError(msg.NO_MEMORY_HISTOGRAM.format(n=n + 1))
+        for i in range(n):
+            self._bounds[i] = values[i]
+        for i in range(n + 1):
+            self._counts[i] = 0
+        self._n = n
+        self.bounds = tuple(values)
+
+    def __dealloc__(self):
+        free(self._bounds)
+        free(self._counts)
+
+    def __repr__(self):
+        return f"<Histogram of {self._n + 1} buckets>"
+
+    cdef inline Py_ssize_t _bucket(self, double v) noexcept nogil:
+        """The first i with v <= bounds[i] (binary search); _n when there is none."""
+        cdef Py_ssize_t lo = 0, hi = self._n, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if v <= self._bounds[mid]:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    def observe(self, value):
+        """Count one value."""
+        cdef double v = _as_double(value, "value")
+        cdef Py_ssize_t i = self._bucket(v)
+        with nogil:
+            fb_lock(self._mutex)
+            self._counts[i] += 1
+            self._sum += v
+            fb_unlock(self._mutex)
+
+    def observe_elapsed(self, start_ns, end_ns, scale):
+        """Count ``(end_ns - s) * scale`` for each ``s`` of ``start_ns`` (int64 array)."""
+        cdef int64_t end = _as_int64(end_ns, "end_ns")
+        cdef double k = _as_double(scale, "scale")
+        cdef cnp.ndarray arr = cnp.PyArray_FROMANY(
+            start_ns, cnp.NPY_INT64, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
+        if cnp.PyArray_NDIM(arr) != 1:
+            raise ValueError(
+                msg.NOT_ONE_DIMENSIONAL.format(name="start_ns", shape=(<object>arr).shape))
+        cdef const int64_t* start = <const int64_t*>cnp.PyArray_DATA(arr)
+        cdef Py_ssize_t n = cnp.PyArray_SIZE(arr), i
+        cdef double v, total = 0.0
+        with nogil:
+            fb_lock(self._mutex)
+            for i in range(n):
+                v = <double>(end - start[i]) * k
+                self._counts[self._bucket(v)] += 1
+                total += v
+            self._sum += total
+            fb_unlock(self._mutex)
+
+    def snapshot(self):
+        """``(cumulative counts per bound, count of every value, sum)`` at one moment."""
+        cdef Py_ssize_t i, n = self._n
+        cdef int64_t running = 0
+        cdef double total
+        cdef int64_t* copy = <int64_t*>malloc(<size_t>(n + 1) * sizeof(int64_t))
+        if copy == NULL:
+            raise MemoryError(msg.NO_MEMORY_HISTOGRAM.format(n=n + 1))
+        with nogil:  # no Python object is touched under the lock
+            fb_lock(self._mutex)
+            memcpy(copy, self._counts, <size_t>(n + 1) * sizeof(int64_t))
+            total = self._sum
+            fb_unlock(self._mutex)
+        cdef list counts = []
+        try:
+            for i in range(n + 1):
+                running += copy[i]
+                if i < n:
+                    counts.append(running)
+        finally:
+            free(copy)
+        return tuple(counts), running, total

@@ -8,7 +8,7 @@ in one module each:
 
 * ``_twin_queue``: ``RequestQueue`` and ``monotonic_ns``;
 * ``_twin_assembler``: ``BatchAssembler``;
-* ``_twin_stats``: ``StatsWindow``;
+* ``_twin_stats``: ``StatsWindow`` and ``Histogram``;
 * ``_twin_args``: the argument conversions that mirror the compiled core's C types.
 
 Both cores take their error messages from ``_messages``.
@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from ._twin_assembler import BatchAssembler
 from ._twin_queue import RequestQueue, monotonic_ns
-from ._twin_stats import StatsWindow
+from ._twin_stats import Histogram, StatsWindow
 
-__all__ = ["BatchAssembler", "RequestQueue", "StatsWindow", "monotonic_ns"]
+__all__ = ["BatchAssembler", "Histogram", "RequestQueue", "StatsWindow", "monotonic_ns"]
 
 # This module is the classes' public home, as fastbatch._core is the compiled ones':
 # the backend, reprs, pickling errors and tools that check a class's __module__ against
 # the core in use (the benchmarks do) all name the core, not the file a class is in.
-for _cls in (BatchAssembler, RequestQueue, StatsWindow):
+for _cls in (BatchAssembler, Histogram, RequestQueue, StatsWindow):
     _cls.__module__ = __name__
 del _cls

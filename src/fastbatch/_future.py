@@ -343,22 +343,29 @@ def resolve_batch(futures: Sequence[Any], results: Sequence[Any],
     callbacks: list[Any] = []
     watched: list[tuple[Any, Any]] = []
     with _LOCK:
-        ready: list[tuple[Any, Any, Any]] = []
+        # Two passes, no list of the batch's futures: count first (the outcomes are
+        # counted before any state changes), then write. Nothing changes in between:
+        # states and waiters change only under _LOCK.
+        n = 0
+        for f in futures:
+            if f is not None and f._state == RUNNING:
+                x = f._x
+                if x is None or x.cond is None:
+                    n += 1
+        if counters is not None and n:
+            counters.add(processed=n, in_flight=-n)
         for f, r in zip(futures, results):
             if f is not None and f._state == RUNNING:
                 x = f._x
-                if x is not None and x.cond is not None:
-                    watched.append((f, r))
+                if x is None:
+                    f._result = r
+                    f._state = FINISHED
+                elif x.cond is None:
+                    f._result = r
+                    f._state = FINISHED
+                    callbacks.append(f)
                 else:
-                    ready.append((f, r, x))
-        n = len(ready)
-        if counters is not None and n:
-            counters.add(processed=n, in_flight=-n)
-        for f, r, x in ready:
-            f._result = r
-            f._state = FINISHED
-            if x is not None:
-                callbacks.append(f)
+                    watched.append((f, r))
     for f, r in watched:
         if f._change(lambda g, r=r: _apply_resolve(g, r, counters)) is not None:
             n += 1

@@ -1,9 +1,9 @@
-"""Cumulative histograms (since the processor was created) and the arrival-rate meter.
+"""Histogram bounds and snapshots, and the arrival-rate meter.
 
 The statistics windows answer "what are the last 100 batches like"; a dashboard that
 aggregates many processors needs the other kind: counts per bucket that only grow, with a
 running sum and count, which sum across replicas and give rates over any interval. The
-worker is the only writer; a reader takes a copy under a short lock.
+counting itself is the core's ``Histogram`` (a C loop per batch in the compiled core).
 """
 
 from __future__ import annotations
@@ -13,9 +13,6 @@ import math
 import threading
 from collections.abc import Sequence
 from typing import Any, NamedTuple
-
-import numpy as np
-import numpy.typing as npt
 
 #: Default upper bounds, in seconds, of the latency, queue-time and processing-time buckets.
 DEFAULT_TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -61,41 +58,6 @@ class HistogramSnapshot(NamedTuple):
     counts: tuple[int, ...]
     sum: float
     observations: int
-
-
-class Histogram:
-    """Counts per bucket, a sum and a count, since creation; ``observe_many`` per batch."""
-
-    __slots__ = ("bounds", "_edges", "_counts", "_sum", "_lock")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(float(b) for b in bounds)
-        self._edges = np.asarray(self.bounds, dtype=np.float64)
-        self._counts = np.zeros(len(self.bounds) + 1, dtype=np.int64)  # last: above every bound
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        index = int(np.searchsorted(self._edges, value, side="left"))
-        with self._lock:
-            self._counts[index] += 1
-            self._sum += value
-
-    def observe_many(self, values: npt.NDArray[Any]) -> None:
-        # side="left": a value equal to a bound belongs to that bound's bucket (le).
-        counts = np.bincount(np.searchsorted(self._edges, values, side="left"),
-                             minlength=len(self._counts))
-        total = float(values.sum())
-        with self._lock:
-            self._counts += counts
-            self._sum += total
-
-    def snapshot(self) -> HistogramSnapshot:
-        with self._lock:
-            counts, total = self._counts.copy(), self._sum
-        cumulative = np.cumsum(counts)
-        return HistogramSnapshot(self.bounds, tuple(int(c) for c in cumulative[:-1]), total,
-                                 int(cumulative[-1]))
 
 
 class ArrivalMeter:

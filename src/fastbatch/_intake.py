@@ -86,6 +86,12 @@ class Intake:
         self._lock = threading.Lock()  # fixes the schema once
         self.queue: Any = None  # the current run's queue; None before the first start
         self.run: Any = None
+        # The fast path, for the enqueue methods to call directly: the queue's C
+        # ``put_row(item, future, None)``, which queues a row of the run's schema and
+        # returns False for anything else. Only for a call with no timeout, the default
+        # priority and no deadline; None when a default deadline applies to every item.
+        # A QueueClosedError from it means: call put() (which says why it is closed).
+        self.put_row: Any = None
         self.not_running_hint = ""
         self._reset_schema()
 
@@ -94,10 +100,11 @@ class Intake:
         self._reset_schema()
         self.run = run
         self.queue = run.queue
+        self.put_row = run.queue.put_row if self._default_deadline is None else None
 
     def reset_after_fork(self, hint: str) -> None:
         self._lock = threading.Lock()
-        self.queue = self.run = None
+        self.queue = self.run = self.put_row = None
         self.not_running_hint = hint
 
     def _reset_schema(self) -> None:

@@ -64,10 +64,14 @@ WINDOWS_AND_PERCENTILES = (
 )
 NOT_A_WINDOW = "expected StatsWindow objects, got {type}"
 
+# -- Histogram ------------------------------------------------------------------------------
+HISTOGRAM_BOUNDS = "bounds must be a non-empty sequence of finite numbers in increasing order, got {bounds!r}"
+
 # -- compiled core only: failures the twin cannot have ------------------------------------
 # (C allocations, and the assembler's guard against a second thread during a nogil copy)
 NO_MEMORY_QUEUE = "cannot grow the request queue"
 NO_MEMORY_DRAIN = "cannot drain the request queue"
 NO_MEMORY_WINDOW = "cannot allocate a window of {capacity} values"
+NO_MEMORY_HISTOGRAM = "cannot allocate a histogram of {n} buckets"
 BATCH_TOO_LARGE = "a batch of {total} samples of {row_bytes} bytes is too large"
 ASSEMBLER_BUSY = "BatchAssembler used from two threads at once"

@@ -23,7 +23,7 @@ from . import _backend
 from ._adaptive import BatchSizer
 from ._config import BatchPriority, BatchProcessorConfig
 from ._counters import Counters
-from ._errors import QueueFullError
+from ._errors import QueueClosedError, QueueFullError
 from ._future import BatchFuture
 from ._health import HealthMonitor, HealthSnapshot
 from ._intake import DEFAULT_PRIORITY, Intake, check_timeout
@@ -207,7 +207,16 @@ class BatchProcessor(Generic[T, R]):
             TypeError, ValueError, BatchShapeError, BatchDtypeError: a bad item, timeout
                 or priority (the message names the problem).
         """
-        self._intake.put(item, None, timeout, priority, deadline)
+        intake = self._intake
+        put_row = intake.put_row
+        try:
+            # The common call costs one C call (Intake.put_row); anything else, put().
+            if (put_row is not None and timeout is None and priority is _DEFAULT and deadline is None
+                    and put_row(item, None, None)):
+                return
+        except QueueClosedError:
+            pass  # put() raises the error that says why
+        intake.put(item, None, timeout, priority, deadline)
 
     def enqueue_predict(self, item: T, timeout: float | None = None,
                         priority: BatchPriority | int = _DEFAULT,
@@ -223,7 +232,15 @@ class BatchProcessor(Generic[T, R]):
         """
         intake = self._intake
         future: BatchFuture[R] = BatchFuture(intake.run)
+        put_row = intake.put_row
         try:
+            try:
+                # The common call costs one C call (Intake.put_row); anything else, put().
+                if (put_row is not None and timeout is None and priority is _DEFAULT and deadline is None
+                        and put_row(item, future, None)):
+                    return future
+            except QueueClosedError:
+                pass  # put() raises the error that says why
             intake.put(item, future, timeout, priority, deadline)
         except QueueFullError as exc:
             if self.config.raise_on_queue_full:

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from . import _backend
 from ._counters import Counters
-from ._histograms import DEFAULT_TIME_BUCKETS, ArrivalMeter, Histogram, HistogramSnapshot, default_size_buckets
+from ._histograms import DEFAULT_TIME_BUCKETS, ArrivalMeter, HistogramSnapshot, default_size_buckets
 
 #: Keys computed from the windows; with monitoring off they are reported as 0.0.
 WINDOW_KEYS = (
@@ -69,13 +69,13 @@ class BatchStats:
         self._latency_ms = core.StatsWindow(item_window)
         self._last_end_s = math.nan
         times = DEFAULT_TIME_BUCKETS if time_buckets is None else time_buckets
-        self.histograms = {
-            "item_latency_seconds": Histogram(times),
-            "item_queue_time_seconds": Histogram(times),
-            "batch_processing_seconds": Histogram(times),
-            "batch_size_samples": Histogram(default_size_buckets(1024) if size_buckets is None
-                                            else size_buckets),
-        }
+        self._latency_h = core.Histogram(times)
+        self._queue_h = core.Histogram(times)
+        self._processing_h = core.Histogram(times)
+        self._size_h = core.Histogram(default_size_buckets(1024) if size_buckets is None else size_buckets)
+        self._histograms = {"item_latency_seconds": self._latency_h, "item_queue_time_seconds": self._queue_h,
+                            "batch_processing_seconds": self._processing_h,
+                            "batch_size_samples": self._size_h}
         self.arrivals = ArrivalMeter()
 
     # Read-only views of the totals, for code that reads them as attributes.
@@ -122,11 +122,10 @@ class BatchStats:
         self._last_end_s = end_ns / 1e9
         self._queue_ms.record_elapsed_ms(enqueue_ns, start_ns)
         self._latency_ms.record_elapsed_ms(enqueue_ns, end_ns)
-        hist = self.histograms
-        hist["batch_processing_seconds"].observe((end_ns - start_ns) / 1e9)
-        hist["batch_size_samples"].observe(samples)
-        hist["item_queue_time_seconds"].observe_many((start_ns - enqueue_ns) / 1e9)
-        hist["item_latency_seconds"].observe_many((end_ns - enqueue_ns) / 1e9)
+        self._processing_h.observe((end_ns - start_ns) / 1e9)
+        self._size_h.observe(samples)
+        self._queue_h.observe_elapsed(enqueue_ns, start_ns, 1e-9)
+        self._latency_h.observe_elapsed(enqueue_ns, end_ns, 1e-9)
 
     def update(
         self,
@@ -150,15 +149,19 @@ class BatchStats:
         latency_s = np.atleast_1d(np.asarray(latency, dtype=np.float64))
         self._queue_ms.record_many(queue_s * 1e3)
         self._latency_ms.record_many(latency_s * 1e3)
-        hist = self.histograms
-        hist["batch_processing_seconds"].observe(processing_time)
-        hist["batch_size_samples"].observe(batch_size)
-        hist["item_queue_time_seconds"].observe_many(queue_s)
-        hist["item_latency_seconds"].observe_many(latency_s)
+        self._processing_h.observe(processing_time)
+        self._size_h.observe(batch_size)
+        for h, values in ((self._queue_h, queue_s), (self._latency_h, latency_s)):
+            for v in values.tolist():
+                h.observe(v)
 
     def get_histograms(self) -> dict[str, HistogramSnapshot]:
         """Each cumulative histogram (since creation), by name."""
-        return {name: h.snapshot() for name, h in self.histograms.items()}
+        out = {}
+        for name, h in self._histograms.items():
+            counts, observations, total = h.snapshot()
+            out[name] = HistogramSnapshot(h.bounds, counts, total, observations)
+        return out
 
     def record_error(self, count: int = 1) -> None:
         """Classic API: count ``count`` failed items (thread-safe)."""

@@ -56,7 +56,7 @@ class Worker:
         # Read by the health monitor and stop(); written only here.
         self.batch_started_ns = 0
         self.handoff = threading.Lock()  # taking a batch vs. abandoning the run
-        self.inflight: tuple[Any, ...] = ()
+        self.inflight: list[Any] = []  # the batch's futures; never mutated once published
         self._pool: ItemPool | None = None
         self._overran = False  # a per-item call outlived item_timeout
         self._batches_since_gc = 0
@@ -106,18 +106,18 @@ class Worker:
                     self.fail_leftovers(futures, f"BatchProcessor {self.name!r} stopped before this "
                                                  "item was processed", taken=True)
                     break
-                keep = start_batch(futures, self.counters) if futures.count(None) != len(futures) else None
+                keep = start_batch(futures, self.counters)
                 if keep is not None:
                     items = [items[i] for i in keep]
                     futures = [futures[i] for i in keep]
                     enqueue_ns = enqueue_ns[keep]
-                self.inflight = tuple(futures)
+                self.inflight = futures
             if items:
                 failures = self._run_batch(items, futures, enqueue_ns, start_ns, len(queue))
                 for exc in failures:
                     _release_frames(exc)
                 del failures
-            self.inflight = ()
+            self.inflight = []
             del items, futures, enqueue_ns
 
     def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> int:

@@ -9,17 +9,26 @@ import pytest
 
 import fastbatch
 from fastbatch import BatchProcessorConfig
-from fastbatch._histograms import ArrivalMeter, Histogram, default_size_buckets
+from fastbatch import _backend
+from fastbatch._histograms import ArrivalMeter, default_size_buckets
 
 
 def test_histogram_buckets_are_cumulative_and_le_inclusive():
-    h = Histogram([1.0, 2.0, 5.0])
-    h.observe_many(np.array([0.5, 1.0, 1.5, 2.0, 7.0]))
+    h = _backend.Histogram([1.0, 2.0, 5.0])
+    # Elapsed times at scale 1: end 10 minus starts (9.5, 9, 8.5, 8, 3) = 0.5, 1, 1.5, 2, 7.
+    h.observe_elapsed(np.array([95, 90, 85, 80, 30], dtype=np.int64), 100, 0.1)
     h.observe(5.0)
-    snap = h.snapshot()
-    assert snap.bounds == (1.0, 2.0, 5.0)
-    assert snap.counts == (2, 4, 5)  # <=1: 0.5, 1.0; <=2: +1.5, 2.0; <=5: +5.0
-    assert snap.observations == 6 and snap.sum == pytest.approx(17.0)
+    h.observe(float("nan"))  # above every bound
+    counts, observations, total = h.snapshot()
+    assert h.bounds == (1.0, 2.0, 5.0)
+    assert counts == (2, 4, 5)  # <=1: 0.5, 1.0; <=2: +1.5, 2.0; <=5: +5.0
+    assert observations == 7 and np.isnan(total)
+
+
+@pytest.mark.parametrize("bounds", [(), (1.0, 1.0), (2.0, 1.0), (1.0, float("inf")), ("a",), "12"])
+def test_core_histogram_refuses_bad_bounds(bounds):
+    with pytest.raises(ValueError, match="bounds must be a non-empty sequence of finite numbers"):
+        _backend.Histogram(bounds)
 
 
 def test_default_size_buckets_end_at_the_maximum():
