@@ -79,6 +79,11 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
     """Per-item ns of each piece, for one core."""
     from fastbatch import _future
 
+    try:
+        from fastbatch import _results
+    except ImportError:  # an older tree: the core's split alone
+        _results = None  # type: ignore[assignment]
+
     rows = list(np.random.default_rng(7).random((n, wl.ROW_WIDTH)))
     batches = [rows[i:i + BATCH] for i in range(0, n - BATCH + 1, BATCH)]
     core = contender.core
@@ -146,6 +151,7 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
             acc: collections.Counter[str] = collections.Counter()
             start_batch = getattr(_future, "start_batch", None)
             resolve_batch = getattr(_future, "resolve_batch", None)
+            split_result = getattr(_results, "split_result", None) if _results is not None else None
             stats, sizer = p.stats, p.sizer
             mono = core.monotonic_ns
             for _ in batches:
@@ -162,7 +168,7 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
                 result = batch * 2
                 del batch
                 t4 = perf_ns()
-                pieces = asm.split(result)
+                pieces = split_result(asm, result, BATCH) if split_result is not None else asm.split(result)
                 t5 = perf_ns()
                 if resolve_batch is not None:
                     resolve_batch(futures, pieces)
@@ -170,7 +176,9 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
                     [f.set_result(r) for f, r in zip(futures, pieces)]
                 t6 = perf_ns()
                 start_ns = end_ns = mono()
-                stats.count_batch(BATCH, BATCH, 0)
+                counters = getattr(p, "_counters", None)
+                if counters is not None:  # the totals: one locked add per batch
+                    counters.add(batches=1, samples=BATCH, processed=BATCH)
                 stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=BATCH,
                                    queue_length=len(q), enqueue_ns=stamps)
                 t7 = perf_ns()
