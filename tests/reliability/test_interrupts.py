@@ -25,6 +25,9 @@ SCRIPT = textwrap.dedent("""
     import numpy as np
     from fastbatch import BatchProcessor, BatchProcessorConfig
 
+    # A child inherits an ignored SIGINT (a background job of a non-interactive shell
+    # runs so), and then Python installs no handler: install the default one ourselves.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     mode = sys.argv[1]
     gate = threading.Event()
     entered = threading.Event()
