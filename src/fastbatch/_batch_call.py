@@ -26,8 +26,30 @@ if TYPE_CHECKING:
 
 # asyncio is imported where a coroutine is first met: `import fastbatch` stays light.
 
-# How often a thread waiting for a coroutine looks at the run's abort flag and the loop.
-_POLL_S = 0.05
+# How often a thread waiting for a coroutine looks at the run's abort flag and the loop:
+# well within the grace a stop past its deadline gives the worker to notice.
+_POLL_S = 0.005
+# How long closing the owned loop lets its remaining tasks finish their cancellation.
+_CLOSE_TASKS_S = 1.0
+
+
+class _Escaped(Exception):  # noqa: N818 - a carrier, never seen outside this module
+    """A BaseException that is no Exception (SystemExit ...), carried out of the loop."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(repr(exc))
+        self.exc = exc
+
+
+async def _guarded(coro: Any, registry: set[threading.Thread]) -> Any:
+    # The thread that runs the coroutine is one of the run's batch threads: a wait there
+    # on the run's own futures is a self-wait, a stop() from there cannot wait for itself.
+    registry.add(threading.current_thread())
+    try:
+        return await coro
+    except (KeyboardInterrupt, SystemExit, GeneratorExit) as exc:
+        # Out of the task these would stop the loop for good; the worker wraps them.
+        raise _Escaped(exc) from None
 
 
 def is_coroutine_function(func: Any) -> bool:
@@ -51,7 +73,6 @@ class BatchCall:
             raise ValueError("loop is closed: give start() a running event loop")
         self.func = func
         self.name = name
-        self.is_async = is_coroutine_function(func)
         self._given_loop = loop
         self._abort = abort
         self._registry = registry
@@ -98,31 +119,46 @@ class BatchCall:
         try:
             loop.run_forever()
         finally:
-            loop.close()
+            # As asyncio.run ends: what is still running is cancelled and given a moment
+            # to run its cleanup, then async generators and the executor are shut down.
+            try:
+                tasks = asyncio.all_tasks(loop)
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.wait(tasks, timeout=_CLOSE_TASKS_S))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.run_until_complete(loop.shutdown_default_executor())
+            finally:
+                asyncio.set_event_loop(None)
+                loop.close()
 
     def _await(self, coro: types.CoroutineType[Any, Any, Any]) -> Any:
         import asyncio
 
         try:
             loop = self._loop()
-            future = asyncio.run_coroutine_threadsafe(coro, loop)
+            future = asyncio.run_coroutine_threadsafe(_guarded(coro, self._registry), loop)
         except BaseException:
             coro.close()  # never awaited: no "coroutine was never awaited" warning
             raise
         while True:
-            try:
-                return future.result(timeout=_POLL_S)
-            except concurrent.futures.TimeoutError:
-                pass
+            # wait(), not result(timeout): a coroutine may itself raise TimeoutError.
+            concurrent.futures.wait((future,), timeout=_POLL_S)
+            if future.done():
+                try:
+                    return future.result()
+                except _Escaped as escaped:
+                    raise escaped.exc from None
             if self._abort.is_set():
                 future.cancel()
                 raise ProcessorStoppedError(f"BatchProcessor {self.name!r} stopped while the batch "
                                             "function's coroutine was running")
             if loop.is_closed() or not loop.is_running():
                 future.cancel()
-                raise RuntimeError(f"the event loop given to start(loop=...) of BatchProcessor "
-                                   f"{self.name!r} stopped running before the batch function's "
-                                   "coroutine finished")
+                whose = "its event loop" if loop is not self._given_loop else "the event loop given to start(loop=...)"
+                raise RuntimeError(f"{whose} of BatchProcessor {self.name!r} stopped running before the "
+                                   "batch function's coroutine finished")
 
     def close(self, timeout: float | None) -> bool:
         """Stop the owned loop (if any) and join its thread; False if it did not end in time."""

@@ -76,13 +76,20 @@ class ArrivalMeter:
 
     def start(self, now_s: float, accepted: int) -> None:
         with self._lock:
-            self._marks.clear()
-            self._marks.append((now_s, accepted))
+            # A new deque in one assignment: a lock-free due() never sees it empty.
+            self._marks = collections.deque([(now_s, accepted)])
 
     def due(self, now_s: float) -> bool:
-        """Whether a mark now would be kept (racy, only to skip reading the total)."""
+        """Whether a mark now would be kept (lock-free, only to skip reading the total)."""
         marks = self._marks
-        return not marks or now_s - marks[-1][0] >= self.step_s
+        try:
+            return now_s - marks[-1][0] >= self.step_s
+        except IndexError:
+            return True
+
+    def reset_after_fork(self) -> None:
+        """In a forked child the lock may be held by a thread that no longer exists."""
+        self._lock = threading.Lock()
 
     def mark(self, now_s: float, accepted: int) -> None:
         with self._lock:

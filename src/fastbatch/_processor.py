@@ -359,6 +359,7 @@ class BatchProcessor(Generic[T, R]):
         """In a forked child: the parent's threads are gone and any lock may be held."""
         self._lock = threading.Lock()
         self._counters.reset_after_fork()
+        self.stats.reset_after_fork()
         self.sizer._lock = threading.Lock()
         run = self._run
         hint = ""

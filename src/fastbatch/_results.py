@@ -5,10 +5,12 @@
   ``{"scores": ..., "labels": ...}``): each item gets a tuple / dict of its own rows;
 - a sequence of per-sample results (a list): each item gets its own.
 
-A result handed to a future never changes afterwards. Rows are views of the result, so an
-array whose memory the function (or the batch buffer) may still write to — the function's
-own preallocated output, a view of its input, the input itself — is copied once first; a
-result the function made for this call alone is split without a copy.
+An array result handed to a future never changes afterwards. Rows are views of the
+result, so an array whose memory the function (or the batch buffer) may still write to —
+the function's own preallocated output (or a tuple / dict of them it keeps), a view of its
+input, the input itself, memory owned by another object — is copied once first; a result
+the function made for this call alone is split without a copy. (Objects in a list of
+per-sample results are handed out as they are.)
 """
 
 from __future__ import annotations
@@ -34,9 +36,13 @@ def _shared(result: Any, refs: int, fresh: int) -> bool:
         return True
     node = result.base
     while node is not None:
+        if not isinstance(node, _ndarray):
+            # Memory owned by something else (a bytearray, a tensor, an mmap): its
+            # owner's count says nothing about who may write it; only bytes cannot change.
+            return not isinstance(node, bytes)
         if sys.getrefcount(node) > _BASE_REFS:
             return True
-        node = node.base if isinstance(node, _ndarray) else None
+        node = node.base
     return False
 
 
@@ -51,9 +57,12 @@ def _is_output(value: Any, samples: int) -> bool:
     return isinstance(value, _ndarray) and value.ndim >= 1 and value.shape[0] == samples
 
 
-def _private_fields(fields: list[Any]) -> list[Any]:
+def _private_fields(fields: list[Any], kept: bool) -> list[Any]:
+    if kept:
+        return [np.array(f) for f in fields]
     refs = _field_refs(fields)
-    return [f.copy() if _shared(f, r, _FRESH_FIELD_REFS) else f for f, r in zip(fields, refs)]
+    return [np.array(f) if f.__class__ is not _ndarray or _shared(f, r, _FRESH_FIELD_REFS) else f
+            for f, r in zip(fields, refs)]
 
 
 def split_result(assembler: Any, result: Any, samples: int, _probe: bool = False) -> Any:
@@ -70,17 +79,20 @@ def split_result(assembler: Any, result: Any, samples: int, _probe: bool = False
     refs = sys.getrefcount(result)
     if _probe:
         return refs
-    if result.__class__ is _ndarray:
-        if _shared(result, refs, _FRESH_REFS):
-            result = result.copy()
+    if isinstance(result, _ndarray):  # subclasses too (a memmap the function rewrites)
+        if result.__class__ is not _ndarray or _shared(result, refs, _FRESH_REFS):
+            result = np.array(result)  # a plain copy
         rows: list[Any] = assembler.split(result)
         return rows
+    # A container the function keeps (and refills) has more references than a fresh one:
+    # then every field is copied.
+    kept = refs > _FRESH_REFS
     if isinstance(result, tuple) and result and all(_is_output(r, samples) for r in result):
-        fields = [assembler.split(f) for f in _private_fields(list(result))]
+        fields = [assembler.split(f) for f in _private_fields(list(result), kept)]
         return list(zip(*fields))
     if isinstance(result, Mapping) and result and all(_is_output(r, samples) for r in result.values()):
         keys = list(result)
-        columns = [assembler.split(f) for f in _private_fields([result[k] for k in keys])]
+        columns = [assembler.split(f) for f in _private_fields([result[k] for k in keys], kept)]
         return [dict(zip(keys, row)) for row in zip(*columns)]
     if isinstance(result, (tuple, Mapping)) and result and any(
             isinstance(r, _ndarray) for r in (result.values() if isinstance(result, Mapping) else result)):

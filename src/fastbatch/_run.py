@@ -66,7 +66,7 @@ class Run:
         self._forked = False
         self._done = threading.Event()  # set once the helpers are stopped
         self.abort = threading.Event()  # past the stop deadline: give up on the queue
-        self.abandoned = 0  # items failed because the stop deadline passed (set once, by _abandon)
+        self.abandoned = 0  # items failed because the stop deadline passed (under _lock)
         # Threads that run the batch function (worker, per-item threads) and the others
         # the run started; identity by object, never by name.
         self.batch_threads: set[threading.Thread] = set()
@@ -162,7 +162,8 @@ class Run:
         failed = worker.fail_leftovers(futures, message, taken=False)
         failed += fail_futures(inflight, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
                                counters=self.counters, taken=True)
-        self.abandoned = failed
+        with self._lock:  # every stopper past its deadline adds what it failed
+            self.abandoned += failed
 
     def worker_exited(self) -> None:
         """Called on the worker thread as it ends: the run is over, whoever asked."""

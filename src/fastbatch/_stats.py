@@ -155,6 +155,19 @@ class BatchStats:
             for v in values.tolist():
                 h.observe(v)
 
+    def reset_after_fork(self) -> None:
+        """In a forked child a lock may be held by a parent thread that no longer exists:
+        the histograms start again from zero (the child has processed nothing yet)."""
+        core = _backend
+        self._latency_h = core.Histogram(self._latency_h.bounds)
+        self._queue_h = core.Histogram(self._queue_h.bounds)
+        self._processing_h = core.Histogram(self._processing_h.bounds)
+        self._size_h = core.Histogram(self._size_h.bounds)
+        self._histograms = {"item_latency_seconds": self._latency_h, "item_queue_time_seconds": self._queue_h,
+                            "batch_processing_seconds": self._processing_h,
+                            "batch_size_samples": self._size_h}
+        self.arrivals.reset_after_fork()
+
     def get_histograms(self) -> dict[str, HistogramSnapshot]:
         """Each cumulative histogram (since creation), by name."""
         out = {}

@@ -72,9 +72,15 @@ class Worker:
             logger.exception("fastbatch: worker %s crashed; failing what is queued", self.name)
         finally:
             self.queue.close()
+            message = f"BatchProcessor {self.name!r} stopped before this item was processed"
+            with self.handoff:  # a crash between taking a batch and settling it
+                inflight, self.inflight = self.inflight, []
+            if inflight:
+                fail_futures(inflight, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
+                             counters=self.counters, taken=True)
             _, futures, _ = self.queue.drain()
-            self.fail_leftovers(futures, f"BatchProcessor {self.name!r} stopped before this item was processed")
-            del futures
+            self.fail_leftovers(futures, message)
+            del futures, inflight
             if self._pool is not None:
                 # A call stuck past item_timeout keeps its thread until it returns; we
                 # cannot kill it, so then we do not wait for it either.

@@ -140,6 +140,11 @@ def test_a_loop_that_stops_fails_the_batch_with_a_clear_error(make_processor):
             future.result(5)
     finally:
         processor.stop(timeout=1)
+        # The caller's loop, stopped with the coroutine pending: its owner cleans up.
+        pending = asyncio.all_tasks(loop)
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
 
@@ -174,3 +179,68 @@ def test_the_decorator_makes_an_async_function_of_one_item():
         assert embed.processor.get_stats()["total_processed"] == 3
     finally:
         embed.stop()
+
+
+def test_a_coroutine_raising_timeout_error_fails_its_batch(make_processor):
+    async def model(batch):
+        raise TimeoutError("the backend timed out")
+
+    processor = make_processor(model, max_batch_size=2, max_retries=0, isolate_failures=False)
+    with pytest.raises(TimeoutError, match="the backend timed out"):
+        processor.enqueue_predict(rows(1)[0]).result(5)
+
+
+def test_a_coroutine_raising_system_exit_does_not_kill_the_loop(make_processor):
+    calls = []
+
+    async def model(batch):
+        calls.append(len(batch))
+        if len(calls) == 1:
+            raise SystemExit(3)
+        return batch
+
+    processor = make_processor(model, max_batch_size=1, max_retries=0, isolate_failures=False)
+    with pytest.raises(fastbatch.BatchFunctionExit) as info:
+        processor.enqueue_predict(rows(1)[0]).result(5)
+    assert isinstance(info.value.__cause__, SystemExit)
+    np.testing.assert_array_equal(processor.enqueue_predict(rows(2)[1]).result(5), rows(2)[1])
+
+
+def test_waiting_on_an_own_future_from_the_given_loop_is_a_self_wait(make_processor):
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-loop")
+    thread.start()
+    processor = make_processor(max_batch_size=1, max_retries=0, isolate_failures=False)
+    try:
+        async def model(batch):
+            if batch[0, 0] == 0.0:
+                return processor.enqueue_predict(rows(2)[1]).result(5)  # blocks the loop it needs
+            return batch
+
+        processor.start(model, loop=loop)
+        with pytest.raises(fastbatch.SelfWaitError):
+            processor.enqueue_predict(rows(1)[0]).result(5)
+        processor.stop(timeout=2)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_an_abandoned_coroutine_is_cancelled_and_runs_its_cleanup(make_processor):
+    started, cleaned = threading.Event(), threading.Event()
+
+    async def hang(batch):
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cleaned.set()
+        return batch
+
+    processor = make_processor(hang, max_batch_size=2)
+    future = processor.enqueue_predict(rows(1)[0])
+    assert started.wait(5)
+    processor.stop(timeout=0.05)
+    assert isinstance(future.exception(timeout=1), fastbatch.ProcessorStoppedError)
+    assert cleaned.wait(2), "the coroutine's finally block never ran"

@@ -147,3 +147,34 @@ def test_a_list_is_still_one_result_per_sample(make_processor):
     processor = make_processor(lambda b: [f"r{int(x[0])}" for x in b], max_batch_size=4, batch_timeout=0.05)
     futures = [processor.enqueue_predict(row(float(i))) for i in range(4)]
     assert [f.result(5) for f in futures] == ["r0", "r1", "r2", "r3"]
+
+
+def test_a_kept_tuple_of_outputs_is_copied(make_processor):
+    class Kept:
+        def __init__(self):
+            self.out = (np.zeros((1, 2)), np.zeros((1, 2)))
+
+        def __call__(self, batch):
+            np.multiply(batch, 1.0, out=self.out[0])
+            np.multiply(batch, 2.0, out=self.out[1])
+            return self.out
+
+    processor = make_processor(Kept(), max_batch_size=1, batch_timeout=0.0)
+    first = processor.enqueue_predict(row(2.0)).result(5)
+    processor.enqueue_predict(row(9.0)).result(5)
+    np.testing.assert_array_equal(first[0], row(2.0))
+    np.testing.assert_array_equal(first[1], row(4.0))
+
+
+def test_memory_owned_by_another_object_is_copied(make_processor):
+    raw = bytearray(16)
+
+    def model(batch):
+        view = np.frombuffer(raw, dtype=np.float64).reshape(1, 2)
+        view[:] = batch
+        return view
+
+    processor = make_processor(model, max_batch_size=1, batch_timeout=0.0)
+    first = processor.enqueue_predict(row(2.0)).result(5)
+    processor.enqueue_predict(row(9.0)).result(5)
+    np.testing.assert_array_equal(first, row(2.0))
