@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._config import BatchPriority, BatchProcessorConfig
+from . import _tensors
 from ._counters import Counters
 from ._errors import (BatchDtypeError, BatchShapeError, ProcessorStoppedError, QueueClosedError,
                       QueueFullError)
@@ -112,6 +113,7 @@ class Intake:
         self._dtype: Any = None
         self._sample_shape: tuple[int, ...] = ()
         self._row_shape: Any = None  # the sample shape when samples are 1-D
+        self._device: Any = None  # tensors: the device every item must be on
 
     # -- the one way in ---------------------------------------------------------------
 
@@ -187,6 +189,8 @@ class Intake:
         if not isinstance(item, np.ndarray):
             if item is None:
                 raise TypeError("item is None: enqueue a numpy array or an object the batch function accepts")
+            if self._kind == "tensor" or (self._kind is None and _tensors.is_tensor(item)):
+                return self._describe_tensor(item)
             if self._kind == "array":
                 raise TypeError(f"this processor batches numpy arrays (dtype {self._dtype}, sample shape "
                                 f"{_shape(self._sample_shape)}); got {type(item).__name__}")
@@ -201,6 +205,9 @@ class Intake:
             return 1, 0
         if self._kind == "generic":
             raise TypeError("this processor was given non-array items; an array cannot be batched with them")
+        if self._kind == "tensor":
+            raise TypeError(f"this processor batches torch tensors (dtype {self._dtype}, sample shape "
+                            f"{_shape(self._sample_shape)}, device {self._device}); got a numpy array")
         if item.ndim == 0:
             raise ValueError(f"a 0-d array ({item!r}) cannot be batched: pass a 1-D row "
                              "(x.reshape(1)) or an (n, ...) mini-batch")
@@ -229,6 +236,25 @@ class Intake:
                                   f"{_shape(item.shape)}) but the batch has sample shape "
                                   f"{_shape(self._sample_shape)}")
         return int(samples), item.nbytes
+
+    def _describe_tensor(self, item: Any) -> tuple[int, int]:
+        """A torch tensor item: one schema (dtype, sample shape, device) per run."""
+        if not _tensors.is_tensor(item):
+            raise TypeError(f"this processor batches torch tensors (dtype {self._dtype}, sample shape "
+                            f"{_shape(self._sample_shape)}, device {self._device}); got {type(item).__name__}")
+        samples, nbytes, signature = _tensors.describe(item)
+        if self._max_bytes and nbytes > self._max_bytes:
+            raise ValueError(f"item of {nbytes} bytes exceeds the batch byte budget "
+                             f"max_batch_memory_mb={self._config.max_batch_memory_mb} ({self._max_bytes} bytes)")
+        if self._kind is None:
+            with self._lock:
+                if self._kind is None:
+                    self._dtype, self._sample_shape, self._device = signature
+                    self._kind = "tensor"
+            if self._kind != "tensor":
+                return self.describe(item)
+        _tensors.check((self._dtype, self._sample_shape, self._device), item, signature)
+        return samples, nbytes
 
     def _say_not_batched(self, item: Any) -> None:
         """Once per run: items that are not numpy arrays each get their own call."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _backend
+from . import _backend, _tensors
 from ._adaptive import BatchSizer
 from ._config import BatchProcessorConfig
 from ._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
@@ -154,6 +154,10 @@ class Worker:
         try:
             if isinstance(items[0], np.ndarray):
                 results, errors, samples = self._array_batch(items, with_futures)
+            elif _tensors.is_tensor(items[0]):
+                self._samples = len(items)
+                results, errors = self._run_isolated(self._run_tensors, items, with_futures)
+                samples = self._samples
             elif self.config.batch_generic_items:
                 results, errors = self._list_batch(items)
             else:
@@ -243,6 +247,18 @@ class Worker:
             return rows
         check_result(result, n)
         return None
+
+    def _run_tensors(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any] | None:
+        whole = hi - lo == len(items)
+        part = items if whole else items[lo:hi]
+        batch = _tensors.assemble(part)
+        n = len(batch)
+        if whole:
+            self._samples = n
+        result = self._call_with_retries(batch, n) if whole else self.func(batch)
+        del batch
+        rows = _tensors.split(result, part, n)
+        return rows if split else None
 
     def _run_list(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any]:
         part = items if hi - lo == len(items) else items[lo:hi]
