@@ -251,6 +251,8 @@ class Intake:
                 if self._kind is None:
                     self._dtype, self._sample_shape, self._device = signature
                     self._kind = "tensor"
+                    if self.run is not None:
+                        self.run.item_kind = "tensor"  # the worker batches by the run's kind
             if self._kind != "tensor":
                 return self.describe(item)
         _tensors.check((self._dtype, self._sample_shape, self._device), item, signature)

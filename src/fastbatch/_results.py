@@ -161,3 +161,19 @@ def _check_length(result: Any, samples: int) -> None:
                                   f"expected a sequence of {samples} results") from None
     if n != samples:
         raise ResultMismatchError(f"the batch function returned {n} results for a batch of {samples} samples")
+
+
+def fresh_refs() -> int:
+    """What ``sys.getrefcount(result)`` reads at the top of a split called the worker's way
+    for a result made for this call alone (for the tensor split, which is called so too)."""
+    return _FRESH_REFS
+
+
+def fresh_field_refs() -> int:
+    """What :func:`field_refs` reads for a fresh field of a tuple or dict of outputs."""
+    return _FRESH_FIELD_REFS
+
+
+def field_refs(fields: Any) -> list[int]:
+    """The reference count of each field, read as for :func:`fresh_field_refs`."""
+    return _field_refs(fields)

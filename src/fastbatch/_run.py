@@ -66,6 +66,9 @@ class Run:
         self._forked = False
         self._done = threading.Event()  # set once the helpers are stopped
         self.abort = threading.Event()  # past the stop deadline: give up on the queue
+        # "tensor" once the intake fixed the run's items to torch tensors (set once, before
+        # the first such item is queued; read by the worker).
+        self.item_kind: str | None = None
         self.abandoned = 0  # items failed because the stop deadline passed (under _lock)
         # Threads that run the batch function (worker, per-item threads) and the others
         # the run started; identity by object, never by name.

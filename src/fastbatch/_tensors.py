@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+from . import _results
 from ._errors import BatchDtypeError, BatchShapeError, ResultMismatchError
 
 
@@ -68,17 +69,30 @@ def assemble(items: list[Any]) -> Any:
 
 
 def split(result: Any, items: list[Any], samples: int) -> list[Any]:
-    """One result per item: a tensor (or tuple / dict of them) split by row, or a list."""
+    """One result per item: a tensor (or tuple / dict of tensors) split by row, or a list.
+
+    Called as ``split(result, items, samples)`` with ``result`` a local of the caller, as
+    ``_results.split_result`` is: the reference count of a fresh result is calibrated there.
+    """
+    refs = sys.getrefcount(result)
     tensor = tensor_type()
     if isinstance(result, tensor):
-        return _rows(_private(result), items, samples)
+        return _rows(_private(result, refs > _results.fresh_refs()), items, samples)
+    kept = refs > _results.fresh_refs()  # a container the function keeps and refills
     if isinstance(result, tuple) and result and all(_is_output(r, tensor, samples) for r in result):
-        fields = [_rows(_private(r), items, samples) for r in result]
-        return list(zip(*fields))
+        fields = _private_fields(list(result), kept)
+        return list(zip(*(_rows(f, items, samples) for f in fields)))
     if isinstance(result, Mapping) and result and all(_is_output(r, tensor, samples) for r in result.values()):
         keys = list(result)
-        columns = [_rows(_private(result[k]), items, samples) for k in keys]
+        fields = _private_fields([result[k] for k in keys], kept)
+        columns = [_rows(f, items, samples) for f in fields]
         return [dict(zip(keys, row)) for row in zip(*columns)]
+    values = result.values() if isinstance(result, Mapping) else result if isinstance(result, tuple) else ()
+    if result and any(isinstance(v, tensor) for v in values):
+        raise ResultMismatchError(f"the batch function returned a {type(result).__name__} of {len(result)} "
+                                  f"outputs for a batch of {samples} samples: several outputs must each be "
+                                  f"a tensor whose leading dimension is {samples} (return a list for one "
+                                  "result per sample)")
     if isinstance(result, (str, bytes, Mapping)) or not hasattr(result, "__len__"):
         raise ResultMismatchError(f"the batch function returned {type(result).__name__} for a batch of "
                                   f"{samples} samples: expected a tensor (or a tuple / dict of tensors) "
@@ -93,21 +107,27 @@ def _is_output(value: Any, tensor: Any, samples: int) -> bool:
     return isinstance(value, tensor) and value.ndim >= 1 and value.shape[0] == samples
 
 
-def _private(result: Any) -> Any:
-    """The result, or a clone when the function may write its memory again.
+def _private_fields(fields: list[Any], kept: bool) -> list[Any]:
+    refs = _results.field_refs(fields)
+    fresh = _results.fresh_field_refs()
+    return [_private(f, kept or r > fresh) for f, r in zip(fields, refs)]
 
-    A tensor the function keeps (a preallocated output returned each call) has other
-    references than the ones this call holds; so has the base of a view of such a tensor.
-    The batch tensor itself is never reused by fastbatch, so a result that is the input
-    (or a view of it) is safe as it is.
-    """
+
+def _private(result: Any, shared: bool) -> Any:
+    """The result, or a clone when the function may write its memory again: it keeps the
+    tensor (``shared``: more references than a fresh result has), or the tensor is a view
+    of one that something else holds. The batch tensor is never reused by fastbatch, so a
+    result that is the input (or a view of it) is safe as it is."""
     if result.ndim == 0:
         raise ResultMismatchError("the batch function returned a 0-d tensor: expected one with a "
                                   "leading dimension of the batch's sample count")
-    base = result._base
-    # References: the caller's, this frame's, getrefcount's argument (+1 in a tuple/dict).
-    if sys.getrefcount(result) > 4 or (base is not None and sys.getrefcount(base) > 3):
+    if shared:
         return result.clone()
+    node = result._base
+    while node is not None:
+        if sys.getrefcount(node) > 3:  # the view, this variable, getrefcount's argument
+            return result.clone()
+        node = node._base
     return result
 
 

@@ -154,7 +154,7 @@ class Worker:
         try:
             if isinstance(items[0], np.ndarray):
                 results, errors, samples = self._array_batch(items, with_futures)
-            elif _tensors.is_tensor(items[0]):
+            elif self.run.item_kind == "tensor":
                 self._samples = len(items)
                 results, errors = self._run_isolated(self._run_tensors, items, with_futures)
                 samples = self._samples

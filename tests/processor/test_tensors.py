@@ -93,3 +93,44 @@ def test_a_wrong_result_fails_the_batch_clearly(make_processor):
     for f in futures:
         with pytest.raises(fastbatch.ResultMismatchError, match="returned 1 results for a batch of 3 samples"):
             f.result(5)
+
+
+def test_kept_outputs_and_dicts_never_change(make_processor):
+    class Kept:
+        def __init__(self):
+            self.out = (torch.zeros(1, 2), torch.zeros(1, 2))
+            self.buf = torch.zeros(1, 2)
+
+        def __call__(self, batch):
+            self.out[0].copy_(batch)
+            self.out[1].copy_(batch * 2)
+            self.buf.copy_(batch * 3)
+            return self.out if batch[0, 0] < 100 else {"y": self.buf}
+
+    processor = make_processor(Kept(), max_batch_size=1, batch_timeout=0.0)
+    first = processor.enqueue_predict(torch.full((2,), 2.0)).result(5)
+    as_dict = processor.enqueue_predict(torch.full((2,), 200.0)).result(5)
+    processor.enqueue_predict(torch.full((2,), 9.0)).result(5)
+    processor.enqueue_predict(torch.full((2,), 300.0)).result(5)
+    assert torch.equal(first[0], torch.full((2,), 2.0)) and torch.equal(first[1], torch.full((2,), 4.0))
+    assert torch.equal(as_dict["y"], torch.full((2,), 600.0))
+
+
+def test_several_outputs_of_the_wrong_shape_fail_the_batch_clearly(make_processor, gate):
+    gate.func = lambda b: (b * 2, b.sum(0, keepdim=True))
+    gate.hold()
+    processor = make_processor(gate, max_batch_size=2, batch_timeout=0.05, max_retries=0)
+    futures = [processor.enqueue_predict(torch.ones(3)) for _ in range(2)]
+    assert gate.entered.wait(5)
+    gate.release.set()
+    for f in futures:
+        with pytest.raises(fastbatch.ResultMismatchError, match="several outputs must each be a tensor"):
+            f.result(5)
+
+
+def test_tensors_among_generic_items_stay_generic(make_processor):
+    processor = make_processor(lambda items: [type(x).__name__ for x in items], batch_generic_items=True,
+                               max_batch_size=8, batch_timeout=0.05)
+    assert processor.enqueue_predict("a").result(5) == "str"
+    futures = [processor.enqueue_predict(torch.ones(2)), processor.enqueue_predict("b")]
+    assert [f.result(5) for f in futures] == ["Tensor", "str"]
