@@ -1184,6 +1184,14 @@ cdef list _summaries(tuple windows, tuple qss):
         free(block)
 
 
+cdef cnp.ndarray _vector(object values, int typenum, str name):
+    """``values`` as a 1-D C-contiguous array of ``typenum`` (a safe cast), or ValueError."""
+    cdef cnp.ndarray arr = cnp.PyArray_FROMANY(values, typenum, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
+    if cnp.PyArray_NDIM(arr) != 1:
+        raise ValueError(msg.NOT_ONE_DIMENSIONAL.format(name=name, shape=(<object>arr).shape))
+    return arr
+
+
 cdef class StatsWindow:
     """A fixed-size ring of float64 values: the last ``capacity`` values recorded.
 
@@ -1303,21 +1311,13 @@ cdef class StatsWindow:
 
     def record_many(self, values):
         """Record each value of a 1-D float sequence, in order."""
-        cdef cnp.ndarray arr = cnp.PyArray_FROMANY(
-            values, cnp.NPY_FLOAT64, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
-        if cnp.PyArray_NDIM(arr) != 1:
-            raise ValueError(
-                msg.NOT_ONE_DIMENSIONAL.format(name="values", shape=(<object>arr).shape))
+        cdef cnp.ndarray arr = _vector(values, cnp.NPY_FLOAT64, "values")
         self._append(<const double*>cnp.PyArray_DATA(arr), cnp.PyArray_SIZE(arr))
 
     def record_elapsed_ms(self, start_ns, end_ns):
         """Record ``(end_ns - s) / 1e6`` for each ``s`` of ``start_ns`` (milliseconds)."""
         cdef int64_t end = _as_int64(end_ns, "end_ns")
-        cdef cnp.ndarray arr = cnp.PyArray_FROMANY(
-            start_ns, cnp.NPY_INT64, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
-        if cnp.PyArray_NDIM(arr) != 1:
-            raise ValueError(
-                msg.NOT_ONE_DIMENSIONAL.format(name="start_ns", shape=(<object>arr).shape))
+        cdef cnp.ndarray arr = _vector(start_ns, cnp.NPY_INT64, "start_ns")
         cdef const int64_t* start = <const int64_t*>cnp.PyArray_DATA(arr)
         cdef Py_ssize_t n = cnp.PyArray_SIZE(arr)
         if fb_try_lock(self._mutex):
@@ -1437,11 +1437,7 @@ cdef class Histogram:
         """Count ``(end_ns - s) * scale`` for each ``s`` of ``start_ns`` (int64 array)."""
         cdef int64_t end = _as_int64(end_ns, "end_ns")
         cdef double k = _as_double(scale, "scale")
-        cdef cnp.ndarray arr = cnp.PyArray_FROMANY(
-            start_ns, cnp.NPY_INT64, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
-        if cnp.PyArray_NDIM(arr) != 1:
-            raise ValueError(
-                msg.NOT_ONE_DIMENSIONAL.format(name="start_ns", shape=(<object>arr).shape))
+        cdef cnp.ndarray arr = _vector(start_ns, cnp.NPY_INT64, "start_ns")
         cdef const int64_t* start = <const int64_t*>cnp.PyArray_DATA(arr)
         cdef Py_ssize_t n = cnp.PyArray_SIZE(arr), i
         cdef double v, total = 0.0

@@ -53,10 +53,6 @@ def _field_refs(fields: Any) -> list[int]:
     return refs
 
 
-def _is_output(value: Any, samples: int) -> bool:
-    return isinstance(value, _ndarray) and value.ndim >= 1 and value.shape[0] == samples
-
-
 def _private_fields(fields: list[Any], kept: bool) -> list[Any]:
     if kept:
         return [np.array(f) for f in fields]
@@ -84,21 +80,45 @@ def split_result(assembler: Any, result: Any, samples: int, _probe: bool = False
             result = np.array(result)  # a plain copy
         rows: list[Any] = assembler.split(result)
         return rows
+    outputs = several_outputs(result, samples, _ndarray, "an array")
+    if outputs is None:
+        rows = assembler.split(result)
+        return rows
     # A container the function keeps (and refills) has more references than a fresh one:
     # then every field is copied.
-    kept = refs > _FRESH_REFS
-    if isinstance(result, tuple) and result and all(_is_output(r, samples) for r in result):
-        fields = [assembler.split(f) for f in _private_fields(list(result), kept)]
-        return list(zip(*fields))
-    if isinstance(result, Mapping) and result and all(_is_output(r, samples) for r in result.values()):
+    fields = _private_fields([result[k] for k in outputs], refs > _FRESH_REFS)
+    return join_outputs(result, outputs, [assembler.split(f) for f in fields])
+
+
+def several_outputs(result: Any, samples: int, kind: Any, what: str) -> list[Any] | None:
+    """The keys (indices of a tuple, keys of a dict) of several outputs, each a ``kind``
+    with a leading dimension of ``samples``; None when ``result`` is no such container.
+
+    Raises:
+        ResultMismatchError: a tuple or dict that holds a ``kind`` but is not valid
+            outputs (it would otherwise be split as one result per sample).
+    """
+    if isinstance(result, tuple):
+        keys: list[Any] = list(range(len(result)))
+    elif isinstance(result, Mapping):
         keys = list(result)
-        columns = [assembler.split(f) for f in _private_fields([result[k] for k in keys], kept)]
-        return [dict(zip(keys, row)) for row in zip(*columns)]
-    if isinstance(result, (tuple, Mapping)) and result and any(
-            isinstance(r, _ndarray) for r in (result.values() if isinstance(result, Mapping) else result)):
-        raise ResultMismatchError(_several_outputs_error(result, samples))
-    rows = assembler.split(result)
-    return rows
+    else:
+        return None
+    values = [result[k] for k in keys]
+    if not values:
+        return None
+    if all(isinstance(v, kind) and v.ndim >= 1 and v.shape[0] == samples for v in values):
+        return keys
+    if any(isinstance(v, kind) for v in values):
+        raise ResultMismatchError(_several_outputs_error(result, samples, what))
+    return None
+
+
+def join_outputs(result: Any, keys: list[Any], columns: list[list[Any]]) -> list[Any]:
+    """Per item, a tuple (or dict, as ``result`` was) of its part of every output."""
+    if isinstance(result, tuple):
+        return list(zip(*columns))
+    return [dict(zip(keys, row)) for row in zip(*columns)]
 
 
 def _calibrate() -> tuple[int, int]:
@@ -117,31 +137,27 @@ def _calibrate() -> tuple[int, int]:
 _FRESH_REFS, _FRESH_FIELD_REFS = _calibrate()
 
 
-def _several_outputs_error(result: Any, samples: int) -> str:
+def _several_outputs_error(result: Any, samples: int, what: str) -> str:
     items = result.items() if isinstance(result, Mapping) else enumerate(result)
     described = ", ".join(f"{k!r}: {_describe(v)}" for k, v in items)
     kind = "dict" if isinstance(result, Mapping) else "tuple"
     return (f"the batch function returned a {kind} of {len(result)} outputs ({described}) for a "
-            f"batch of {samples} samples: several outputs must each be an array whose leading "
+            f"batch of {samples} samples: several outputs must each be {what} whose leading "
             f"dimension is {samples} (return a list for one result per sample)")
 
 
 def _describe(value: Any) -> str:
     if isinstance(value, _ndarray):
         return f"array of shape {value.shape}"
+    if hasattr(value, "shape"):
+        return f"{type(value).__name__} of shape {tuple(value.shape)}"
     return type(value).__name__
 
 
 def check_result(result: Any, samples: int) -> None:
     """The checks of :func:`split_result`, for a batch whose items want no result back."""
-    if isinstance(result, tuple) and result and all(_is_output(r, samples) for r in result):
-        return
-    if isinstance(result, Mapping) and result and all(_is_output(r, samples) for r in result.values()):
-        return
-    if isinstance(result, (tuple, Mapping)) and result and any(
-            isinstance(r, _ndarray) for r in (result.values() if isinstance(result, Mapping) else result)):
-        raise ResultMismatchError(_several_outputs_error(result, samples))
-    _check_length(result, samples)
+    if several_outputs(result, samples, _ndarray, "an array") is None:
+        _check_length(result, samples)
 
 
 def check_sequence(result: Any, samples: int) -> None:

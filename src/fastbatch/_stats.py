@@ -69,13 +69,7 @@ class BatchStats:
         self._latency_ms = core.StatsWindow(item_window)
         self._last_end_s = math.nan
         times = DEFAULT_TIME_BUCKETS if time_buckets is None else time_buckets
-        self._latency_h = core.Histogram(times)
-        self._queue_h = core.Histogram(times)
-        self._processing_h = core.Histogram(times)
-        self._size_h = core.Histogram(default_size_buckets(1024) if size_buckets is None else size_buckets)
-        self._histograms = {"item_latency_seconds": self._latency_h, "item_queue_time_seconds": self._queue_h,
-                            "batch_processing_seconds": self._processing_h,
-                            "batch_size_samples": self._size_h}
+        self._make_histograms(times, default_size_buckets(1024) if size_buckets is None else size_buckets)
         self.arrivals = ArrivalMeter()
 
     # Read-only views of the totals, for code that reads them as attributes.
@@ -158,15 +152,15 @@ class BatchStats:
     def reset_after_fork(self) -> None:
         """In a forked child a lock may be held by a parent thread that no longer exists:
         the histograms start again from zero (the child has processed nothing yet)."""
-        core = _backend
-        self._latency_h = core.Histogram(self._latency_h.bounds)
-        self._queue_h = core.Histogram(self._queue_h.bounds)
-        self._processing_h = core.Histogram(self._processing_h.bounds)
-        self._size_h = core.Histogram(self._size_h.bounds)
-        self._histograms = {"item_latency_seconds": self._latency_h, "item_queue_time_seconds": self._queue_h,
-                            "batch_processing_seconds": self._processing_h,
-                            "batch_size_samples": self._size_h}
+        self._make_histograms(self._latency_h.bounds, self._size_h.bounds)
         self.arrivals.reset_after_fork()
+
+    def _make_histograms(self, times: Sequence[float], sizes: Sequence[float]) -> None:
+        histogram = _backend.Histogram
+        self._latency_h, self._queue_h, self._processing_h = (histogram(times) for _ in range(3))
+        self._size_h = histogram(sizes)
+        self._histograms = {"item_latency_seconds": self._latency_h, "item_queue_time_seconds": self._queue_h,
+                            "batch_processing_seconds": self._processing_h, "batch_size_samples": self._size_h}
 
     def get_histograms(self) -> dict[str, HistogramSnapshot]:
         """Each cumulative histogram (since creation), by name."""

@@ -78,21 +78,11 @@ def split(result: Any, items: list[Any], samples: int) -> list[Any]:
     tensor = tensor_type()
     if isinstance(result, tensor):
         return _rows(_private(result, refs > _results.fresh_refs()), items, samples)
-    kept = refs > _results.fresh_refs()  # a container the function keeps and refills
-    if isinstance(result, tuple) and result and all(_is_output(r, tensor, samples) for r in result):
-        fields = _private_fields(list(result), kept)
-        return list(zip(*(_rows(f, items, samples) for f in fields)))
-    if isinstance(result, Mapping) and result and all(_is_output(r, tensor, samples) for r in result.values()):
-        keys = list(result)
-        fields = _private_fields([result[k] for k in keys], kept)
-        columns = [_rows(f, items, samples) for f in fields]
-        return [dict(zip(keys, row)) for row in zip(*columns)]
-    values = result.values() if isinstance(result, Mapping) else result if isinstance(result, tuple) else ()
-    if result and any(isinstance(v, tensor) for v in values):
-        raise ResultMismatchError(f"the batch function returned a {type(result).__name__} of {len(result)} "
-                                  f"outputs for a batch of {samples} samples: several outputs must each be "
-                                  f"a tensor whose leading dimension is {samples} (return a list for one "
-                                  "result per sample)")
+    outputs = _results.several_outputs(result, samples, tensor, "a tensor")
+    if outputs is not None:
+        # A container the function keeps and refills: every field is cloned.
+        fields = _private_fields([result[k] for k in outputs], refs > _results.fresh_refs())
+        return _results.join_outputs(result, outputs, [_rows(f, items, samples) for f in fields])
     if isinstance(result, (str, bytes, Mapping)) or not hasattr(result, "__len__"):
         raise ResultMismatchError(f"the batch function returned {type(result).__name__} for a batch of "
                                   f"{samples} samples: expected a tensor (or a tuple / dict of tensors) "
@@ -101,10 +91,6 @@ def split(result: Any, items: list[Any], samples: int) -> list[Any]:
         raise ResultMismatchError(f"the batch function returned {len(result)} results for a batch of "
                                   f"{samples} samples")
     return _rows(result, items, samples)
-
-
-def _is_output(value: Any, tensor: Any, samples: int) -> bool:
-    return isinstance(value, tensor) and value.ndim >= 1 and value.shape[0] == samples
 
 
 def _private_fields(fields: list[Any], kept: bool) -> list[Any]:

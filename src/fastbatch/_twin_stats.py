@@ -30,6 +30,14 @@ def _as_array(values: npt.ArrayLike, dtype: type[np.float64] | type[np.int64]) -
     return np.asarray(values, dtype=dtype)
 
 
+def _vector(values: npt.ArrayLike, dtype: type[np.float64] | type[np.int64], name: str) -> npt.NDArray[Any]:
+    """``values`` as a 1-D array of ``dtype`` (as the compiled core's ``_vector``), or ValueError."""
+    data = _as_array(values, dtype)
+    if data.ndim != 1:
+        raise ValueError(msg.NOT_ONE_DIMENSIONAL.format(name=name, shape=data.shape))
+    return data
+
+
 class StatsWindow:
     """A fixed-size ring of float64 values: the last ``capacity`` values recorded.
 
@@ -79,9 +87,7 @@ class StatsWindow:
         Raises:
             ValueError: ``values`` is not one-dimensional.
         """
-        data = _as_array(values, np.float64)
-        if data.ndim != 1:
-            raise ValueError(msg.NOT_ONE_DIMENSIONAL.format(name="values", shape=data.shape))
+        data = _vector(values, np.float64, "values")
         n, cap = data.shape[0], self._capacity
         with self._lock:
             ring = self._ring
@@ -100,9 +106,7 @@ class StatsWindow:
     def record_elapsed_ms(self, start_ns: npt.NDArray[np.int64], end_ns: int) -> None:
         """Record ``(end_ns - s) / 1e6`` for each ``s`` of ``start_ns`` (milliseconds)."""
         end = np.int64(as_int64("end_ns", end_ns))  # checked first, as by the compiled core
-        starts = _as_array(start_ns, np.int64)
-        if starts.ndim != 1:
-            raise ValueError(msg.NOT_ONE_DIMENSIONAL.format(name="start_ns", shape=starts.shape))
+        starts = _vector(start_ns, np.int64, "start_ns")
         # Subtract in int64 first: nanosecond timestamps lose precision as doubles.
         self.record_many((end - starts) / 1e6)
 
@@ -204,9 +208,7 @@ class Histogram:
     def observe_elapsed(self, start_ns: npt.ArrayLike, end_ns: int, scale: float) -> None:
         end = as_int64("end_ns", end_ns)
         k = as_float("scale", scale)
-        start = _as_array(start_ns, np.int64)
-        if start.ndim != 1:
-            raise ValueError(msg.NOT_ONE_DIMENSIONAL.format(name="start_ns", shape=start.shape))
+        start = _vector(start_ns, np.int64, "start_ns")
         values = (end - start).astype(np.float64) * k
         counts = np.bincount(np.searchsorted(self._edges, values, side="left"),
                              minlength=len(self._counts))
