@@ -33,18 +33,38 @@ class RequestQueue:
     ``prioritized=True`` a binary heap on ``(priority, sequence)``: lower priority values
     first, FIFO among equal priorities (sequence is a per-queue counter).
 
+    Lanes: every request is put into one of ``lanes`` lanes, and a batch holds the
+    requests of one lane only. Each lane has a tag (any object, held by the queue); a put
+    names the lane and the tag it expects, and is refused with ``LaneChangedError`` when
+    the lane has another tag by then. Lane 0 is open from the start with the tag
+    ``None``, so a queue used without lanes needs none of this. ``open_lane(tag)``
+    gives a tag a lane: the next one never opened, else the first empty lane not
+    pinned (its old tag is dropped), else -1. The head of the queue is the smallest
+    lane head in the order above; ``capacity`` counts the requests of all lanes.
+
     Every blocking wait happens with the GIL released (compiled core) and wakes on
     ``close()``. Timeouts: ``None`` waits forever, ``0`` does not wait, a negative or NaN
     timeout raises ``ValueError``.
     """
 
-    def __init__(self, capacity: int = 0, prioritized: bool = False) -> None:
+    def __init__(self, capacity: int = 0, prioritized: bool = False, lanes: int = 1) -> None:
         """``capacity`` is the maximum number of queued requests; 0 means unbounded.
 
-        Raises ``ValueError`` for a negative capacity, ``TypeError`` for a non-integer.
+        Raises ``ValueError`` for a negative capacity or ``lanes < 1``, ``TypeError`` for
+        a non-integer.
         """
     @property
     def capacity(self) -> int: ...
+    @property
+    def lanes(self) -> int:
+        """Number of lanes (the ``lanes`` argument)."""
+    def open_lane(self, tag: object) -> int:
+        """Give ``tag`` a lane and return its index, or -1 when every lane is in use.
+
+        A lane is in use while it holds requests or is pinned (``set_row_schema``).
+        """
+    def lane_tag(self, lane: int) -> object:
+        """The tag of ``lane`` (``None`` for a lane never opened)."""
     @property
     def closed(self) -> bool: ...
     @property
@@ -63,27 +83,36 @@ class RequestQueue:
         nbytes: int = 0,
         priority: int = 0,
         timeout: float | None = None,
+        lane: int = 0,
+        tag: object = None,
     ) -> None:
-        """Append a request, waiting while the queue is full.
+        """Append a request to ``lane``, waiting while the queue is full.
 
         Raises:
             QueueFullError: the queue stayed full for ``timeout`` seconds (at once for 0).
             QueueClosedError: the queue is closed, or was closed while waiting.
-            ValueError: ``samples < 1``, ``nbytes < 0``, or a negative/NaN ``timeout``.
+            LaneChangedError: the lane's tag is not ``tag`` (checked before and again
+                after any wait for room).
+            ValueError: ``samples < 1``, ``nbytes < 0``, ``lane`` out of range, or a
+                negative/NaN ``timeout``.
         """
-    def set_row_schema(self, dtype: npt.DTypeLike, shape: tuple[int]) -> None:
-        """Set the rows ``put_row`` accepts: 1-D arrays of ``shape == (n,)`` and ``dtype``.
+    def set_row_schema(self, dtype: npt.DTypeLike, shape: tuple[int], lane: int = 0) -> None:
+        """Set the rows ``put_row`` accepts: 1-D arrays of ``shape == (n,)`` and ``dtype``,
+        queued into ``lane`` with its tag. The lane is pinned: it keeps its tag for
+        the queue's lifetime.
 
         Replaces any earlier schema; a new queue has none.
 
         Raises:
-            ValueError: ``shape`` is not a tuple of one integer ``>= 0``.
+            ValueError: ``shape`` is not a tuple of one integer ``>= 0``, or ``lane``
+                is out of range or was never opened.
             TypeError: ``dtype`` is not a dtype, or ``shape[0]`` not an integer.
         """
     def put_row(
         self, item: object, future: object | None = None, timeout: float | None = None
     ) -> bool:
-        """``put(item, future, 1, item.nbytes, 2, timeout)`` for a row of the schema.
+        """``put(item, future, 1, item.nbytes, 2, timeout, lane, tag)`` for a row of the
+        schema, into the schema's lane with that lane's tag.
 
         ``item`` is a row when it is exactly a ``numpy.ndarray`` (not a subclass), 1-D,
         ``len(item) == n`` and its dtype is the schema's (the same object or an equivalent
@@ -101,20 +130,25 @@ class RequestQueue:
         max_bytes: int = 0,
         linger: float = 0.0,
         timeout: float | None = None,
-    ) -> tuple[list[Any], list[Any], npt.NDArray[np.int64]] | None:
-        """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
+        tagged: bool = False,
+    ) -> tuple[Any, ...] | None:
+        """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order;
+        with ``tagged``, ``(items, futures, enqueue_ns, tag)``, ``tag`` being the tag
+        the batch's requests were put with.
 
         1. Wait until the queue holds a request and is not paused (a closed queue is
            drained even when paused). If ``timeout`` passes first, return ``None``; if the
            queue is closed and empty, raise ``QueueClosedError``.
         2. Take the head request, always, even if its ``samples`` exceed ``max_samples``
            or its ``nbytes`` exceed ``max_bytes`` (a request is never split and never
-           stuck). The batch deadline is that request's enqueue time + ``linger`` seconds.
+           stuck). Its lane is the batch's lane. The batch deadline is that request's
+           enqueue time + ``linger`` seconds.
         3. While the batch holds fewer than ``max_samples`` samples (and, when
-           ``max_bytes > 0``, fewer than ``max_bytes`` bytes): if the head request fits in
-           the room left (samples and bytes) take it; if it does not fit, stop; if the
-           queue is empty, stop when it is closed or the deadline has passed, otherwise
-           wait for a put until the deadline. ``pause()`` during this step does not
+           ``max_bytes > 0``, fewer than ``max_bytes`` bytes): if the head request of the
+           batch's lane fits in the room left (samples and bytes) take it; if it does
+           not fit, stop; if the lane is empty, stop when the queue is closed or the
+           deadline has passed, otherwise wait for a put until the deadline (puts into
+           other lanes do not end the wait). ``pause()`` during this step does not
            interrupt it.
 
         ``enqueue_ns`` is an int64 array of the requests' enqueue timestamps.
@@ -122,7 +156,8 @@ class RequestQueue:
         NaN ``linger`` or ``timeout``.
         """
     def drain(self) -> tuple[list[Any], list[Any], npt.NDArray[np.int64]]:
-        """Remove and return every queued request at once (paused or not, closed or not)."""
+        """Remove and return every queued request at once (paused or not, closed or not),
+        all lanes, in queue order."""
     def pause(self) -> None:
         """Hold ``take_batch`` at step 1 until ``resume()`` or ``close()``."""
     def resume(self) -> None: ...

@@ -31,7 +31,7 @@ from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF, _Py_REFCNT
 from cpython.sequence cimport PySequence_Check, PySequence_GetItem, PySequence_GetSlice
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
 from libc.stdint cimport INT64_MAX, int64_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc, qsort
 from libc.string cimport memcpy, memmove
 
 cimport numpy as cnp
@@ -46,6 +46,7 @@ from fastbatch import _messages as msg
 from fastbatch._errors import (
     BatchDtypeError,
     BatchShapeError,
+    LaneChangedError,
     QueueClosedError,
     QueueFullError,
     ResultMismatchError,
@@ -169,11 +170,13 @@ cdef inline int64_t _deadline(int64_t wait_ns) noexcept nogil:
 cdef struct Request:
     PyObject* item      # strong reference, owned by the queue while queued
     PyObject* future    # strong reference (Py_None when no future)
+    PyObject* tag       # strong reference: the lane's tag when the request was put
     int64_t samples
     int64_t nbytes
     int64_t priority
     uint64_t seq
     int64_t enqueue_ns
+    Py_ssize_t lane
 
 # Status codes of the critical sections.
 cdef enum:
@@ -185,6 +188,7 @@ cdef enum:
     ST_NOMEM = 5
     ST_CLOSED_WHILE_WAITING = 6
     ST_CHECK_SIGNALS = 7  # mutex released, nothing changed: run handlers and retry
+    ST_LANE_CHANGED = 8
 
 # Operations of RequestQueue._control.
 cdef enum:
@@ -209,6 +213,7 @@ cdef struct TakeState:
     int64_t signal_deadline # step 1: return ST_CHECK_SIGNALS after this
     # Progress, kept here so that the fast path can hand over to the waiting path.
     int stage               # 1 or 3, as in the contract
+    Py_ssize_t lane         # the batch's lane (step 3)
     int64_t batch_deadline  # step 3 (first request's enqueue time + linger)
     int64_t samples
     int64_t nbytes
@@ -217,8 +222,28 @@ cdef struct TakeState:
     Py_ssize_t cap
     Py_ssize_t removed      # requests removed by the current _take call
 
+cdef struct Lane:
+    # The requests of one lane: a ring in seq order and, when prioritized, a binary heap
+    # on (priority, seq) for requests of other priorities than the ring's.
+    Request* buf
+    Py_ssize_t alloc        # ring records allocated (0: not yet)
+    Py_ssize_t head         # ring: index of the oldest record
+    Py_ssize_t ring_count
+    int64_t ring_priority   # priority of the ring's requests (prioritized)
+    Request* heap
+    Py_ssize_t heap_alloc
+    Py_ssize_t heap_count
+    Py_ssize_t count        # ring + heap
+    int64_t samples
+    int64_t nbytes
+    PyObject* tag           # strong reference; NULL: the lane was never opened
+    bint pinned             # never reassigned (the row schema's lane)
+
 cdef inline bint _before(const Request* a, const Request* b) noexcept nogil:
     return a.priority < b.priority or (a.priority == b.priority and a.seq < b.seq)
+
+cdef int _compare_requests(const void* a, const void* b) noexcept nogil:
+    return -1 if _before(<const Request*>a, <const Request*>b) else 1
 
 cdef inline int64_t _after(int64_t start_ns, int64_t wait_ns) noexcept nogil:
     """``start_ns + wait_ns`` as a deadline, saturating to forever."""
@@ -229,33 +254,144 @@ cdef inline int64_t _after(int64_t start_ns, int64_t wait_ns) noexcept nogil:
     return start_ns + wait_ns
 
 
-cdef class RequestQueue:
-    """Bounded multi-producer queue of requests, FIFO or by priority (see ``_core.pyi``).
+# -- one lane's storage (queue mutex held; GIL may or may not be held) -------------------
 
-    Storage is C arrays of ``Request`` records: a ring buffer and, when prioritized, a
-    binary heap on ``(priority, seq)``. A prioritized queue keeps the requests of one
-    priority (the "lane": that of a put which finds the ring empty) in the ring and the
-    others in the heap. The ring is in seq order, hence sorted too, and the head of the
-    queue is the smaller of the two heads: traffic of one priority (the usual case)
-    costs O(1) per request instead of O(log n) heap sifts.
+cdef inline bint _lane_to_ring(const Lane* q, const Request* r, bint prioritized) noexcept nogil:
+    """Whether ``r`` goes to the lane's ring (else to its heap)."""
+    return not prioritized or q.ring_count == 0 or r.priority == q.ring_priority
+
+cdef int _lane_reserve(Lane* q, bint ring, Py_ssize_t capacity) noexcept nogil:
+    """Make room for one more record in the ring or the heap; -1 when out of memory."""
+    cdef Py_ssize_t old, new, tail
+    if not ring:
+        old = q.heap_alloc
+        if q.heap_count < old:
+            return 0
+        new = max(2 * old, 64)
+        if capacity and new > capacity:
+            new = capacity
+        if grow(<void**>&q.heap, <size_t>new, sizeof(Request)) < 0:
+            return -1
+        q.heap_alloc = new
+        return 0
+    old = q.alloc
+    if q.ring_count < old:
+        return 0
+    # Start small even when bounded: a queue of capacity 10**6 that never holds more
+    # than a batch should not cost 64 MB.
+    new = old * 2 if old else 64
+    if capacity and new > capacity:
+        new = capacity
+    if grow(<void**>&q.buf, <size_t>new, sizeof(Request)) < 0:
+        return -1
+    if q.head > 0:
+        # The ring is full and wraps: slide [head, old) to the end of the new space.
+        tail = old - q.head
+        memmove(&q.buf[new - tail], &q.buf[q.head], tail * sizeof(Request))
+        q.head = new - tail
+    q.alloc = new
+    return 0
+
+cdef void _lane_push(Lane* q, Request* r, bint ring) noexcept nogil:
+    """Append ``r`` (room reserved, seq and enqueue time stamped)."""
+    cdef Request* h = q.heap
+    cdef Py_ssize_t i, parent
+    if ring:
+        if q.ring_count == 0:
+            q.ring_priority = r.priority
+        i = q.head + q.ring_count
+        if i >= q.alloc:
+            i -= q.alloc
+        q.buf[i] = r[0]
+        q.ring_count += 1
+    else:
+        i = q.heap_count
+        while i > 0:
+            parent = (i - 1) >> 1
+            if not _before(r, &h[parent]):
+                break
+            h[i] = h[parent]
+            i = parent
+        h[i] = r[0]
+        q.heap_count += 1
+    q.count += 1
+    q.samples += r.samples
+    q.nbytes += r.nbytes
+
+cdef inline bint _lane_heap_first(const Lane* q) noexcept nogil:
+    """Whether the head of the lane (not empty) is the heap's top."""
+    return q.heap_count > 0 and (
+        q.ring_count == 0 or _before(&q.heap[0], &q.buf[q.head]))
+
+cdef inline Request* _lane_peek(Lane* q) noexcept nogil:
+    return &q.heap[0] if _lane_heap_first(q) else &q.buf[q.head]
+
+cdef void _lane_pop(Lane* q, Request* out) noexcept nogil:
+    """Move the lane's head record into ``out`` (the lane must not be empty)."""
+    cdef Request* h = q.heap
+    cdef Request last
+    cdef Py_ssize_t i, child, n
+    if _lane_heap_first(q):
+        out[0] = h[0]
+        q.heap_count -= 1
+        n = q.heap_count
+        if n > 0:
+            last = h[n]
+            i = 0
+            while True:
+                child = 2 * i + 1
+                if child >= n:
+                    break
+                if child + 1 < n and _before(&h[child + 1], &h[child]):
+                    child += 1
+                if not _before(&h[child], &last):
+                    break
+                h[i] = h[child]
+                i = child
+            h[i] = last
+    else:
+        out[0] = q.buf[q.head]
+        q.head += 1
+        if q.head == q.alloc:
+            q.head = 0
+        q.ring_count -= 1
+    q.count -= 1
+    q.samples -= out.samples
+    q.nbytes -= out.nbytes
+
+cdef void _release_requests(Request* rs, Py_ssize_t n):
+    """Drop the references of ``n`` requests (GIL held)."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        Py_XDECREF(rs[i].item)
+        Py_XDECREF(rs[i].future)
+        Py_XDECREF(rs[i].tag)
+
+
+cdef class RequestQueue:
+    """Bounded multi-producer queue of requests in lanes, FIFO or by priority (``_core.pyi``).
+
+    Each lane's storage is C arrays of ``Request`` records: a ring buffer and, when
+    prioritized, a binary heap on ``(priority, seq)``. A prioritized lane keeps the
+    requests of one priority (that of a put which finds the ring empty) in the ring and
+    the others in the heap. The ring is in seq order, hence sorted too, and the head of
+    the lane is the smaller of the two heads: traffic of one priority (the usual case)
+    costs O(1) per request instead of O(log n) heap sifts. The head of the queue is the
+    smallest lane head; a batch is taken from that lane only.
 
     Producers and consumers wait on two condition variables with the GIL released. A
-    waiting consumer publishes how much it still needs, so that ``put`` wakes it only
-    when the queue can satisfy it (one context switch per batch, not per request).
+    waiting consumer publishes how much it still needs, and of which lane, so that
+    ``put`` wakes it only when the queue can satisfy it (one context switch per batch,
+    not per request).
     """
 
     cdef mutex _mutex
     cdef condition_variable _not_empty   # consumers wait here
     cdef condition_variable _not_full    # producers wait here
-    cdef Request* _buf                   # the ring
-    cdef Py_ssize_t _alloc               # ring records allocated
-    cdef Py_ssize_t _head                # ring: index of the oldest record
-    cdef Py_ssize_t _ring_count
-    cdef int64_t _lane                   # priority of the ring's requests (prioritized)
-    cdef Request* _heap                  # prioritized only: requests of other priorities
-    cdef Py_ssize_t _heap_alloc
-    cdef Py_ssize_t _heap_count
-    cdef Py_ssize_t _count               # ring + heap
+    cdef Lane* _lanes
+    cdef Py_ssize_t _n_lanes             # lanes allocated (the lanes argument)
+    cdef Py_ssize_t _used_lanes          # lanes [0, _used_lanes) have been opened
+    cdef Py_ssize_t _count               # requests, all lanes
     cdef Py_ssize_t _capacity            # 0: unbounded
     cdef bint _prioritized
     cdef bint _closed
@@ -268,163 +404,109 @@ cdef class RequestQueue:
     # What the (single) waiting consumer needs before a put should wake it.
     cdef int64_t _need_samples
     cdef int64_t _need_bytes             # 0: no byte criterion
+    cdef Py_ssize_t _need_lane           # -1: any lane
     # The rows put_row() accepts: 1-D, _row_len long, of this dtype (None: no schema).
     cdef object _row_dtype
     cdef cnp.npy_intp _row_len
+    cdef Py_ssize_t _row_lane
 
-    def __init__(self, capacity=0, prioritized=False):
+    def __init__(self, capacity=0, prioritized=False, lanes=1):
         # Arguments are checked and memory allocated in __cinit__; this method exists so
         # that the class's signature is visible to introspection and stubtest.
         pass
 
-    def __cinit__(self, capacity=0, prioritized=False):
+    def __cinit__(self, capacity=0, prioritized=False, lanes=1):
         cdef int64_t cap = _as_int64(capacity, "capacity")
+        cdef int64_t n_lanes = _as_int64(lanes, "lanes")
         if cap < 0:
             raise ValueError(msg.QUEUE_CAPACITY.format(value=cap))
+        if n_lanes < 1 or n_lanes > 1 << 20:
+            raise ValueError(msg.QUEUE_LANES.format(value=n_lanes))
         self._capacity = <Py_ssize_t>cap
         self._prioritized = bool(prioritized)
-        # Start small even when bounded: a queue of capacity 10**6 that never holds more
-        # than a batch should not cost 56 MB.
-        self._alloc = 64 if cap == 0 or cap > 64 else <Py_ssize_t>cap
-        if grow(<void**>&self._buf, <size_t>self._alloc, sizeof(Request)) < 0:
+        self._lanes = <Lane*>calloc(<size_t>n_lanes, sizeof(Lane))
+        if self._lanes == NULL:
+            raise MemoryError()
+        self._n_lanes = <Py_ssize_t>n_lanes
+        # Lane 0 is open from the start, tagged None: a queue used without lanes.
+        self._lanes[0].tag = <PyObject*>None
+        Py_INCREF(None)
+        self._used_lanes = 1
+        if _lane_reserve(&self._lanes[0], True, self._capacity) < 0:
             raise MemoryError()
         self._need_samples = INT64_MAX
+        self._need_lane = -1
 
     def __dealloc__(self):
-        cdef Request* buf = self._buf
-        cdef Request* heap = self._heap
-        cdef Py_ssize_t i, j, n = self._ring_count, m = self._heap_count
-        self._buf = self._heap = NULL
-        self._count = self._ring_count = self._heap_count = 0
-        if buf != NULL:
-            for i in range(n):
-                j = (self._head + i) % self._alloc
-                Py_XDECREF(buf[j].item)
-                Py_XDECREF(buf[j].future)
-            free(buf)
-        if heap != NULL:
-            for i in range(m):
-                Py_XDECREF(heap[i].item)
-                Py_XDECREF(heap[i].future)
-            free(heap)
+        cdef Lane* lanes = self._lanes
+        cdef Lane* q
+        cdef Py_ssize_t i, k
+        self._lanes = NULL
+        self._count = 0
+        if lanes == NULL:
+            return
+        for k in range(self._used_lanes):
+            q = &lanes[k]
+            for i in range(q.ring_count):
+                _release_requests(&q.buf[(q.head + i) % q.alloc], 1)
+            _release_requests(q.heap, q.heap_count)
+            free(q.buf)
+            free(q.heap)
+            Py_XDECREF(q.tag)
+        free(lanes)
 
     # -- storage (mutex held; GIL may or may not be held) -----------------------------
 
-    cdef inline bint _to_ring(self, const Request* r) noexcept nogil:
-        """Whether ``r`` goes to the ring (else to the heap)."""
-        return (not self._prioritized or self._ring_count == 0
-                or r.priority == self._lane)
+    cdef inline Py_ssize_t _head_lane(self) noexcept nogil:
+        """The lane whose head is the head of the queue (the queue must not be empty)."""
+        cdef Py_ssize_t k, best = -1
+        cdef Request* h
+        cdef Request* bh = NULL
+        if self._used_lanes == 1:
+            return 0
+        for k in range(self._used_lanes):
+            if self._lanes[k].count == 0:
+                continue
+            h = _lane_peek(&self._lanes[k])
+            if bh == NULL or _before(h, bh):
+                best, bh = k, h
+        return best
 
-    cdef int _reserve(self, bint ring) noexcept nogil:
-        """Make room for one more record in the ring or the heap; -1 when out of memory."""
-        cdef Py_ssize_t old, new, tail
-        if not ring:
-            old = self._heap_alloc
-            if self._heap_count < old:
-                return 0
-            new = max(2 * old, 64)
-            if self._capacity and new > self._capacity:
-                new = self._capacity
-            if grow(<void**>&self._heap, <size_t>new, sizeof(Request)) < 0:
-                return -1
-            self._heap_alloc = new
-            return 0
-        old = self._alloc
-        if self._ring_count < old:
-            return 0
-        new = old * 2
-        if self._capacity and new > self._capacity:
-            new = self._capacity
-        if grow(<void**>&self._buf, <size_t>new, sizeof(Request)) < 0:
+    cdef int _push(self, Request* r) noexcept nogil:
+        """Queue ``r`` in its lane, stamping seq and enqueue time; -1 when out of memory."""
+        cdef Lane* q = &self._lanes[r.lane]
+        cdef bint ring
+        if not self._prioritized:
+            r.priority = 0  # plain FIFO: only the sequence orders requests, across lanes too
+        ring = _lane_to_ring(q, r, self._prioritized)
+        if _lane_reserve(q, ring, self._capacity) < 0:
             return -1
-        if self._head > 0:
-            # The ring is full and wraps: slide [head, old) to the end of the new space.
-            tail = old - self._head
-            memmove(&self._buf[new - tail], &self._buf[self._head], tail * sizeof(Request))
-            self._head = new - tail
-        self._alloc = new
-        return 0
-
-    cdef void _push(self, Request* r, bint ring) noexcept nogil:
-        """Append ``r`` (room reserved), stamping its sequence number and enqueue time."""
-        cdef Request* h = self._heap
-        cdef Py_ssize_t i, parent
         r.seq = self._seq
         self._seq += 1
         # Stamped under the lock so that FIFO order and enqueue times agree.
         r.enqueue_ns = fb_now_ns()
-        if ring:
-            if self._ring_count == 0:
-                self._lane = r.priority
-            i = self._head + self._ring_count
-            if i >= self._alloc:
-                i -= self._alloc
-            self._buf[i] = r[0]
-            self._ring_count += 1
-        else:
-            i = self._heap_count
-            while i > 0:
-                parent = (i - 1) >> 1
-                if not _before(r, &h[parent]):
-                    break
-                h[i] = h[parent]
-                i = parent
-            h[i] = r[0]
-            self._heap_count += 1
+        _lane_push(q, r, ring)
         self._count += 1
         self._samples += r.samples
         self._bytes += r.nbytes
+        return 0
 
-    cdef inline bint _heap_first(self) noexcept nogil:
-        """Whether the head of the queue (not empty) is the heap's top."""
-        return self._heap_count > 0 and (
-            self._ring_count == 0 or _before(&self._heap[0], &self._buf[self._head]))
-
-    cdef inline Request* _peek(self) noexcept nogil:
-        return &self._heap[0] if self._heap_first() else &self._buf[self._head]
-
-    cdef void _pop(self, Request* out) noexcept nogil:
-        """Move the head record into ``out`` (the queue must not be empty)."""
-        cdef Request* h = self._heap
-        cdef Request last
-        cdef Py_ssize_t i, child, n
-        if self._heap_first():
-            out[0] = h[0]
-            self._heap_count -= 1
-            n = self._heap_count
-            if n > 0:
-                last = h[n]
-                i = 0
-                while True:
-                    child = 2 * i + 1
-                    if child >= n:
-                        break
-                    if child + 1 < n and _before(&h[child + 1], &h[child]):
-                        child += 1
-                    if not _before(&h[child], &last):
-                        break
-                    h[i] = h[child]
-                    i = child
-                h[i] = last
-        else:
-            out[0] = self._buf[self._head]
-            self._head += 1
-            if self._head == self._alloc:
-                self._head = 0
-            self._ring_count -= 1
+    cdef inline void _pop(self, Py_ssize_t lane, Request* out) noexcept nogil:
+        _lane_pop(&self._lanes[lane], out)
         self._count -= 1
         self._samples -= out.samples
         self._bytes -= out.nbytes
 
     # -- waiting (mutex held, GIL released) -------------------------------------------
 
-    cdef int _wait_for_put(self, int64_t need_samples, int64_t need_bytes,
+    cdef int _wait_for_put(self, int64_t need_samples, int64_t need_bytes, Py_ssize_t need_lane,
                            int64_t deadline) noexcept nogil:
         """Wait as a consumer; returns 1 when ``deadline`` has passed."""
         cdef int timed_out
         self._consumers_waiting += 1
         self._need_samples = need_samples
         self._need_bytes = need_bytes
+        self._need_lane = need_lane
         timed_out = fb_cv_wait_until(self._not_empty, self._mutex, deadline)
         self._consumers_waiting -= 1
         if self._consumers_waiting > 0:
@@ -432,22 +514,29 @@ cdef class RequestQueue:
             # a consumer woken too early just publishes its real need and waits again.
             self._need_samples = 1
             self._need_bytes = 0
+            self._need_lane = -1
         return timed_out
 
-    cdef inline int _wake_consumers(self) noexcept nogil:
-        """After a put (mutex held): 0 no signal, 1 notify_one, 2 notify_all."""
+    cdef inline int _wake_consumers(self, Py_ssize_t lane) noexcept nogil:
+        """After a put into ``lane`` (mutex held): 0 no signal, 1 notify_one, 2 notify_all."""
+        cdef int64_t samples = self._samples, nbytes = self._bytes
         if self._consumers_waiting == 0:
             return 0
         if self._consumers_waiting > 1:
             return 2
-        if self._samples >= self._need_samples or (
-                self._need_bytes > 0 and self._bytes >= self._need_bytes) or (
+        if self._need_lane >= 0:
+            samples = self._lanes[self._need_lane].samples
+            nbytes = self._lanes[self._need_lane].nbytes
+        if ((self._need_lane < 0 or lane == self._need_lane) and (
+                samples >= self._need_samples or (
+                    self._need_bytes > 0 and nbytes >= self._need_bytes))) or (
                 # A full queue cannot grow to the need: the producers would stall
                 # behind a consumer lingering for requests that cannot come.
                 self._capacity and self._count >= self._capacity):
             # Signalled once; later puts stay silent until it publishes a new need.
             self._need_samples = INT64_MAX
             self._need_bytes = 0
+            self._need_lane = -1
             return 1
         return 0
 
@@ -457,18 +546,18 @@ cdef class RequestQueue:
     cdef int _put(self, Request* r, int64_t deadline, int64_t signal_deadline,
                   bint* waited, bint can_wait) noexcept nogil:
         cdef int status, wake = 0
-        cdef bint ring
         while True:
             if self._closed:
                 status = ST_CLOSED_WHILE_WAITING if waited[0] else ST_CLOSED
                 break
+            if self._lanes[r.lane].tag != r.tag:
+                status = ST_LANE_CHANGED
+                break
             if self._capacity == 0 or self._count < self._capacity:
-                ring = self._to_ring(r)
-                if self._reserve(ring) < 0:
+                if self._push(r) < 0:
                     status = ST_NOMEM
                 else:
-                    self._push(r, ring)
-                    wake = self._wake_consumers()
+                    wake = self._wake_consumers(r.lane)
                     status = ST_OK
                 break
             if deadline == FB_NO_WAIT:
@@ -495,6 +584,7 @@ cdef class RequestQueue:
     cdef int _take(self, TakeState* t, bint can_wait) noexcept nogil:
         cdef int status = ST_OK
         cdef Request* h
+        cdef Lane* q
         cdef Py_ssize_t removed
         cdef void* out
         cdef bint wake
@@ -513,13 +603,14 @@ cdef class RequestQueue:
                     status = ST_CHECK_SIGNALS  # nothing taken yet: safe to retry
                     break
                 # While paused no put can help: only resume() and close() wake us.
-                if self._wait_for_put(INT64_MAX if self._paused else 1, 0,
+                if self._wait_for_put(INT64_MAX if self._paused else 1, 0, -1,
                                       min(t.wait_deadline, t.signal_deadline)):
                     if t.wait_deadline <= t.signal_deadline:
                         t.wait_deadline = FB_NO_WAIT
             if status == ST_OK:
-                # Step 2: the head request, always.
-                self._pop(&t.out[0])
+                # Step 2: the head request, always; its lane is the batch's.
+                t.lane = self._head_lane()
+                self._pop(t.lane, &t.out[0])
                 t.n = 1
                 t.removed += 1
                 t.samples = t.out[0].samples
@@ -527,10 +618,12 @@ cdef class RequestQueue:
                 t.batch_deadline = _after(t.out[0].enqueue_ns, t.linger_ns)
                 t.stage = 3
         if status == ST_OK:
-            # Step 3: fill up to max_samples / max_bytes until the deadline.
+            # Step 3: fill up from the batch's lane to max_samples / max_bytes until the
+            # deadline.
+            q = &self._lanes[t.lane]
             while t.samples < t.max_samples and (t.max_bytes == 0 or t.nbytes < t.max_bytes):
-                if self._count > 0:
-                    h = self._peek()
+                if q.count > 0:
+                    h = _lane_peek(q)
                     if h.samples > t.max_samples - t.samples or (
                             t.max_bytes > 0 and h.nbytes > t.max_bytes - t.nbytes):
                         break
@@ -540,7 +633,7 @@ cdef class RequestQueue:
                             break  # out of memory: hand out what we have
                         t.out = <Request*>out
                         t.cap *= 2
-                    self._pop(&t.out[t.n])
+                    self._pop(t.lane, &t.out[t.n])
                     t.samples += t.out[t.n].samples
                     t.nbytes += t.out[t.n].nbytes
                     t.n += 1
@@ -557,11 +650,11 @@ cdef class RequestQueue:
                     # the batch is complete: what they put is what we linger for.
                     fb_notify_all(self._not_full)
                     t.removed = 0
-                # Wake when the queued requests can fill the batch, or one of them
+                # Wake when the lane's requests can fill the batch, or one of them
                 # cannot fit (then its samples or bytes alone exceed the room).
                 if self._wait_for_put(t.max_samples - t.samples,
                                       t.max_bytes - t.nbytes if t.max_bytes > 0 else 0,
-                                      t.batch_deadline):
+                                      t.lane, t.batch_deadline):
                     t.batch_deadline = FB_NO_WAIT
         removed = t.removed
         t.removed = 0
@@ -575,23 +668,22 @@ cdef class RequestQueue:
         return status
 
     cdef int _drain(self, Request** out, Py_ssize_t* n) noexcept nogil:
-        cdef Py_ssize_t i, count = self._count, first
+        cdef Py_ssize_t k, i = 0, count = self._count, lanes = 0
+        cdef Lane* q
         cdef bint wake = count > 0 and self._producers_waiting > 0
         out[0] = <Request*>malloc(<size_t>(count if count > 0 else 1) * sizeof(Request))
         if out[0] == NULL:
             fb_unlock(self._mutex)
             return ST_NOMEM
-        if self._heap_count > 0:
-            for i in range(count):
-                self._pop(&out[0][i])
-        else:
-            first = min(count, self._alloc - self._head)
-            memcpy(out[0], &self._buf[self._head], first * sizeof(Request))
-            memcpy(&out[0][first], self._buf, (count - first) * sizeof(Request))
-            self._count = self._ring_count = 0
-            self._samples = 0
-            self._bytes = 0
-        self._head = 0
+        for k in range(self._used_lanes):
+            q = &self._lanes[k]
+            if q.count > 0:
+                lanes += 1
+            while q.count > 0:
+                self._pop(k, &out[0][i])
+                i += 1
+        if lanes > 1:
+            qsort(out[0], <size_t>count, sizeof(Request), _compare_requests)
         n[0] = count
         fb_unlock(self._mutex)
         if wake:
@@ -630,12 +722,23 @@ cdef class RequestQueue:
                 self._control_locked(op, &info)
         return info
 
+    cdef inline void _lock_with_gil(self):
+        """Take the mutex while holding the GIL (without blocking other GIL users)."""
+        if not fb_try_lock(self._mutex):
+            with nogil:
+                fb_lock(self._mutex)
+
     # -- Python API -------------------------------------------------------------------
 
     @property
     def capacity(self):
         """Maximum number of queued requests; 0 means unbounded."""
         return self._capacity
+
+    @property
+    def lanes(self):
+        """Number of lanes (the ``lanes`` argument)."""
+        return self._n_lanes
 
     @property
     def closed(self):
@@ -662,14 +765,54 @@ cdef class RequestQueue:
         return (f"<RequestQueue {state} len={info.count} capacity={self._capacity}"
                 f" prioritized={self._prioritized}>")
 
+    def open_lane(self, object tag):
+        """Give ``tag`` a lane: one never opened, else an empty unpinned one; -1 if none."""
+        cdef Py_ssize_t k, lane = -1
+        cdef PyObject* old = NULL
+        Py_INCREF(tag)
+        self._lock_with_gil()
+        if self._used_lanes < self._n_lanes:
+            lane = self._used_lanes
+            self._used_lanes += 1
+        else:
+            for k in range(self._n_lanes):
+                if self._lanes[k].count == 0 and not self._lanes[k].pinned:
+                    lane = k
+                    break
+        if lane >= 0:
+            old = self._lanes[lane].tag
+            self._lanes[lane].tag = <PyObject*>tag
+        fb_unlock(self._mutex)
+        if lane < 0:
+            Py_DECREF(tag)
+        Py_XDECREF(old)
+        return lane
+
+    def lane_tag(self, lane):
+        """The tag of ``lane`` (None for a lane never opened)."""
+        cdef Py_ssize_t k = self._lane_index(lane)
+        cdef object tag
+        self._lock_with_gil()
+        tag = <object>self._lanes[k].tag if self._lanes[k].tag != NULL else None
+        fb_unlock(self._mutex)
+        return tag
+
+    cdef Py_ssize_t _lane_index(self, object lane) except -1:
+        cdef int64_t k = _as_int64(lane, "lane")
+        if k < 0 or k >= self._n_lanes:
+            raise ValueError(msg.LANE_RANGE.format(lanes=self._n_lanes, value=k))
+        return <Py_ssize_t>k
+
     def put(self, object item, object future=None, samples=1, nbytes=0, priority=0,
-            timeout=None):
-        """Append a request, waiting (GIL released) while the queue is full.
+            timeout=None, lane=0, tag=None):
+        """Append a request to ``lane``, waiting (GIL released) while the queue is full.
 
         Raises:
             QueueFullError: the queue stayed full for ``timeout`` seconds (at once for 0).
             QueueClosedError: the queue is closed, or was closed while waiting.
-            ValueError: ``samples < 1``, ``nbytes < 0``, or a negative/NaN ``timeout``.
+            LaneChangedError: ``tag`` is not (or no longer) the lane's tag.
+            ValueError: ``samples < 1``, ``nbytes < 0``, a lane out of range, or a
+                negative/NaN ``timeout``.
         """
         cdef Request r
         r.samples = _as_int64(samples, "samples")
@@ -679,21 +822,34 @@ cdef class RequestQueue:
         if r.nbytes < 0:
             raise ValueError(msg.NBYTES.format(value=r.nbytes))
         r.priority = _as_int64(priority, "priority")
-        self._enqueue(&r, item, future, timeout)
+        r.lane = self._lane_index(lane)
+        self._enqueue(&r, item, future, tag, timeout)
 
-    def set_row_schema(self, dtype, shape):
-        """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in ``put_row``."""
+    def set_row_schema(self, dtype, shape, lane=0):
+        """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in ``put_row``, into ``lane``.
+
+        The lane is pinned: it keeps its tag for the queue's lifetime.
+        """
+        cdef Py_ssize_t k = self._lane_index(lane)
         dt = np.dtype(dtype)
         if type(shape) is not tuple or len(shape) != 1:
             raise ValueError(msg.ROW_SCHEMA_SHAPE.format(shape=shape))
         n = _as_int64(shape[0], "shape[0]")
         if n < 0:
             raise ValueError(msg.ROW_SCHEMA_LENGTH.format(shape=shape))
+        self._lock_with_gil()
+        opened = k < self._used_lanes
+        if opened:
+            self._lanes[k].pinned = True
+        fb_unlock(self._mutex)
+        if not opened:
+            raise ValueError(msg.LANE_NOT_OPEN.format(lane=k))
         self._row_len = <cnp.npy_intp>n
+        self._row_lane = k
         self._row_dtype = dt
 
     def put_row(self, object item, object future=None, timeout=None):
-        """``put(item, future, 1, item.nbytes, 2, timeout)`` if ``item`` is a schema row.
+        """``put(item, future, 1, item.nbytes, 2, timeout, lane, tag)`` for a schema row.
 
         Returns False, queuing nothing, when there is no schema or ``item`` is not
         exactly an ndarray, not 1-D, or of another length or dtype.
@@ -713,20 +869,24 @@ cdef class RequestQueue:
         r.samples = 1
         r.nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>item)
         r.priority = 2
-        self._enqueue(&r, item, future, timeout)
+        r.lane = self._row_lane
+        # A pinned lane's tag never changes: read without the lock.
+        self._enqueue(&r, item, future, <object>self._lanes[r.lane].tag, timeout)
         return True
 
-    cdef int _enqueue(self, Request* r, object item, object future,
+    cdef int _enqueue(self, Request* r, object item, object future, object tag,
                       object timeout) except -1:
-        """The push path of ``put`` and ``put_row``; ``r`` holds samples/nbytes/priority."""
+        """The push path of ``put`` and ``put_row``; ``r`` holds samples/nbytes/priority/lane."""
         cdef int status = ST_OK
         cdef bint waited = False
         cdef int64_t deadline = _deadline(_seconds_to_ns(timeout, "timeout"))
         r.item = <PyObject*>item
         r.future = <PyObject*>future
+        r.tag = <PyObject*>tag
         # The queue's references, taken while we hold the GIL; given back on failure.
         Py_INCREF(item)
         Py_INCREF(future)
+        Py_INCREF(tag)
         while True:
             if fb_try_lock(self._mutex):
                 status = self._put(r, deadline, FB_FOREVER, &waited, False)
@@ -744,17 +904,17 @@ cdef class RequestQueue:
             try:
                 PyErr_CheckSignals()
             except BaseException:
-                Py_DECREF(item)
-                Py_DECREF(future)
+                _release_requests(r, 1)
                 raise
         if status == ST_OK:
             return 0
-        Py_DECREF(item)
-        Py_DECREF(future)
+        _release_requests(r, 1)
         if status == ST_CLOSED:
             raise QueueClosedError(msg.QUEUE_CLOSED)
         if status == ST_CLOSED_WHILE_WAITING:
             raise QueueClosedError(msg.QUEUE_CLOSED_WHILE_WAITING)
+        if status == ST_LANE_CHANGED:
+            raise LaneChangedError(msg.LANE_CHANGED.format(lane=r.lane))
         if status == ST_FULL:
             if deadline == FB_NO_WAIT:
                 raise QueueFullError(msg.QUEUE_FULL.format(capacity=self._capacity))
@@ -762,12 +922,13 @@ cdef class RequestQueue:
                 msg.QUEUE_STAYED_FULL.format(capacity=self._capacity, timeout=timeout))
         raise MemoryError(msg.NO_MEMORY_QUEUE)
 
-    def take_batch(self, max_samples, max_bytes=0, linger=0.0, timeout=None):
+    def take_batch(self, max_samples, max_bytes=0, linger=0.0, timeout=None, tagged=False):
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
 
-        See ``_core.pyi`` for the three steps. Returns ``None`` when ``timeout`` passes
-        before a request is available; raises ``QueueClosedError`` when the queue is
-        closed and empty. All waiting happens with the GIL released.
+        With ``tagged``, ``(items, futures, enqueue_ns, tag)``: the tag of the batch's
+        lane. See ``_core.pyi`` for the three steps. Returns ``None`` when ``timeout``
+        passes before a request is available; raises ``QueueClosedError`` when the queue
+        is closed and empty. All waiting happens with the GIL released.
         """
         cdef TakeState t
         cdef int status
@@ -784,6 +945,7 @@ cdef class RequestQueue:
         t.wait_deadline = _deadline(_seconds_to_ns(timeout, "timeout"))
         t.stage = 1
         t.n = 0
+        t.lane = 0
         t.removed = 0
         t.cap = 16 if t.max_samples > 16 else <Py_ssize_t>t.max_samples
         t.out = <Request*>malloc(<size_t>t.cap * sizeof(Request))
@@ -810,7 +972,7 @@ cdef class RequestQueue:
                 return None
             if status == ST_CLOSED:
                 raise QueueClosedError(msg.QUEUE_CLOSED_AND_EMPTY)
-            return _hand_out(t.out, t.n)
+            return _hand_out(t.out, t.n, tagged)
         finally:
             free(t.out)
 
@@ -828,7 +990,7 @@ cdef class RequestQueue:
         if status == ST_NOMEM:
             raise MemoryError(msg.NO_MEMORY_DRAIN)
         try:
-            return _hand_out(out, n)
+            return _hand_out(out, n, False)
         finally:
             free(out)
 
@@ -848,11 +1010,12 @@ cdef class RequestQueue:
         self._control(OP_CLOSE)
 
 
-cdef tuple _hand_out(Request* out, Py_ssize_t n):
-    """Build ``(items, futures, enqueue_ns)``, moving the records' references in."""
+cdef tuple _hand_out(Request* out, Py_ssize_t n, bint tagged):
+    """Build ``(items, futures, enqueue_ns[, tag])``, moving the records' references in."""
     cdef Py_ssize_t i
     cdef cnp.npy_intp dim = n
     cdef int64_t* stamps
+    cdef object tag = None
     try:
         items = PyList_New(n)
         futures = PyList_New(n)
@@ -860,15 +1023,18 @@ cdef tuple _hand_out(Request* out, Py_ssize_t n):
     except BaseException:
         # Out of memory with the requests already out of the queue: they are lost,
         # but their references must not leak.
-        for i in range(n):
-            Py_DECREF(<object>out[i].item)
-            Py_DECREF(<object>out[i].future)
+        _release_requests(out, n)
         raise
+    if n > 0:
+        tag = <object>out[0].tag  # a new reference; the records' are dropped below
     stamps = <int64_t*>cnp.PyArray_DATA(enqueue_ns)
     for i in range(n):
         _list_steal_item(items, i, out[i].item)
         _list_steal_item(futures, i, out[i].future)
+        Py_DECREF(<object>out[i].tag)
         stamps[i] = out[i].enqueue_ns
+    if tagged:
+        return items, futures, enqueue_ns, tag
     return items, futures, enqueue_ns
 
 

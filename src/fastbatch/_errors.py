@@ -30,6 +30,14 @@ class ProcessorStoppedError(QueueClosedError):
     """
 
 
+class LaneChangedError(FastBatchError, LookupError):
+    """A put named a lane whose tag has changed since (internal: the caller looks it up again)."""
+
+
+class TooManyLanesError(QueueFullError):
+    """Items of ``max_lanes`` different shapes or keys are waiting; a new one must wait."""
+
+
 class BatchShapeError(FastBatchError, ValueError):
     """An item's sample shape differs from the batch's sample shape."""
 

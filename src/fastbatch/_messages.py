@@ -31,6 +31,10 @@ QUEUE_FULL = "the queue is full ({capacity} requests)"
 # {timeout} is the argument as the caller passed it.
 QUEUE_STAYED_FULL = "the queue stayed full ({capacity} requests) for {timeout} s"
 QUEUE_CLOSED_AND_EMPTY = "the queue is closed and empty"
+QUEUE_LANES = "lanes must be >= 1, got {value}"
+LANE_RANGE = "lane must be in [0, {lanes}), got {value}"
+LANE_CHANGED = "lane {lane} is no longer the lane of this tag"
+LANE_NOT_OPEN = "lane {lane} has not been opened"
 
 # -- BatchAssembler.assemble ----------------------------------------------------------------
 NO_ITEMS = "cannot assemble a batch of no items"

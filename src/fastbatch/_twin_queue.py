@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _messages as msg
-from ._errors import QueueClosedError, QueueFullError
+from ._errors import LaneChangedError, QueueClosedError, QueueFullError
 from ._twin_args import as_int64, as_seconds, as_timeout
 
 __all__ = ["RequestQueue", "monotonic_ns"]
@@ -36,37 +36,56 @@ def _wait(cond: threading.Condition, seconds: float | None) -> None:
     cond.wait(None if seconds is None else min(seconds, _TIMEOUT_MAX))
 
 
-class RequestQueue:
-    """Bounded multi-producer queue of requests, FIFO or by priority.
+class _Lane:
+    """The requests of one lane, and the tag that names what they are."""
 
-    A queued request is the record ``(item, future, samples, nbytes, enqueue_ns)``; in
-    priority mode it sits in a heap as ``(priority, sequence, record)``: the unique
-    sequence keeps equal priorities FIFO and ends every comparison before the record.
+    __slots__ = ("bytes", "pinned", "queue", "samples", "tag")
+
+    def __init__(self, prioritized: bool, tag: object) -> None:
+        self.queue: Any = [] if prioritized else deque()
+        self.samples = self.bytes = 0
+        self.tag = tag
+        self.pinned = False
+
+
+class RequestQueue:
+    """Bounded multi-producer queue of requests in lanes, FIFO or by priority.
+
+    A queued request is the record ``(item, future, samples, nbytes, enqueue_ns, tag,
+    priority, sequence)`` in its lane; in priority mode it sits in the lane's heap as
+    ``(priority, sequence, record)``: the unique sequence keeps equal priorities FIFO and
+    ends every comparison before the record. The head of the queue is the smallest lane
+    head; a batch is taken from the head's lane only.
 
     Args:
         capacity: maximum number of queued requests; 0 means unbounded.
         prioritized: order by ``(priority, sequence)`` instead of plain FIFO.
+        lanes: how many lanes there are; lane 0 is open from the start, tagged None.
 
     Raises:
         TypeError: ``capacity`` is not an integer.
-        ValueError: ``capacity`` is negative.
+        ValueError: ``capacity`` is negative, or ``lanes`` < 1.
     """
 
     __slots__ = (
         "__weakref__", "_bytes", "_capacity", "_closed", "_idle_waiters", "_lingerers",
-        "_lock", "_need_bytes", "_need_samples", "_not_empty", "_not_full", "_paused",
-        "_prioritized", "_producers_waiting", "_queue", "_row_dtype", "_row_shape", "_samples",
-        "_seq",
+        "_count", "_lanes", "_lock", "_n_lanes", "_need_bytes", "_need_lane", "_need_samples",
+        "_not_empty", "_not_full", "_paused", "_prioritized", "_producers_waiting", "_row_dtype",
+        "_row_lane", "_row_shape", "_samples", "_seq",
     )  # fmt: skip
 
-    def __init__(self, capacity: int = 0, prioritized: bool = False) -> None:
+    def __init__(self, capacity: int = 0, prioritized: bool = False, lanes: int = 1) -> None:
         capacity = as_int64("capacity", capacity)
+        n_lanes = as_int64("lanes", lanes)
         if capacity < 0:
             raise ValueError(msg.QUEUE_CAPACITY.format(value=capacity))
+        if not 1 <= n_lanes <= 1 << 20:
+            raise ValueError(msg.QUEUE_LANES.format(value=n_lanes))
         self._capacity = capacity
         self._prioritized = bool(prioritized)
-        self._queue: Any = [] if self._prioritized else deque()
-        self._seq = self._samples = self._bytes = 0
+        self._n_lanes = n_lanes
+        self._lanes: list[_Lane] = [_Lane(self._prioritized, None)]  # the lanes opened so far
+        self._count = self._seq = self._samples = self._bytes = 0
         self._closed = self._paused = False
         self._lock = threading.Lock()
         # Consumers wait on _not_empty, producers on _not_full (as in Lib/queue.py).
@@ -78,7 +97,9 @@ class RequestQueue:
         self._lingerers = 0  # consumers in step 3 (batch started, waiting to fill it)
         self._need_samples = 0  # what the (single) lingerer still needs to fill its batch
         self._need_bytes: int | None = None
-        # The rows put_row() accepts (None: no schema).
+        self._need_lane: _Lane | None = None  # the lane whose requests the lingerer needs
+        # The rows put_row() accepts (None: no schema), and their lane.
+        self._row_lane = 0
         self._row_dtype: np.dtype[Any] | None = None
         self._row_shape: tuple[int] | None = None
 
@@ -86,6 +107,11 @@ class RequestQueue:
     def capacity(self) -> int:
         """Maximum number of queued requests; 0 means unbounded."""
         return self._capacity
+
+    @property
+    def lanes(self) -> int:
+        """Number of lanes (the ``lanes`` argument)."""
+        return self._n_lanes
 
     @property
     def closed(self) -> bool:
@@ -104,31 +130,60 @@ class RequestQueue:
 
     def __len__(self) -> int:
         """Number of queued requests."""
-        return len(self._queue)
+        return self._count
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "paused" if self._paused else "open"
         return (
-            f"<RequestQueue {state} len={len(self._queue)} capacity={self._capacity} "
+            f"<RequestQueue {state} len={self._count} capacity={self._capacity} "
             f"prioritized={self._prioritized}>"
         )
+
+    def open_lane(self, tag: object) -> int:
+        """Give ``tag`` a lane: one never opened, else an empty unpinned one; -1 if none."""
+        with self._lock:
+            lanes = self._lanes
+            if len(lanes) < self._n_lanes:
+                lanes.append(_Lane(self._prioritized, tag))
+                return len(lanes) - 1
+            for k, lane in enumerate(lanes):
+                if not lane.queue and not lane.pinned:
+                    lane.tag = tag
+                    return k
+            return -1
+
+    def lane_tag(self, lane: int) -> object:
+        """The tag of ``lane`` (None for a lane never opened)."""
+        k = self._lane_index(lane)
+        with self._lock:
+            return self._lanes[k].tag if k < len(self._lanes) else None
+
+    def _lane_index(self, lane: object) -> int:
+        k = as_int64("lane", lane)
+        if not 0 <= k < self._n_lanes:
+            raise ValueError(msg.LANE_RANGE.format(lanes=self._n_lanes, value=k))
+        return k
 
     def put(
         self, item: object, future: object | None = None, samples: int = 1,
         nbytes: int = 0, priority: int = 0, timeout: float | None = None,
+        lane: int = 0, tag: object = None,
     ) -> None:  # fmt: skip
-        """Append a request, waiting while the queue is full.
+        """Append a request to ``lane``, waiting while the queue is full.
 
         Args:
             item, future: opaque objects, held by strong reference until handed out.
             samples, nbytes: the request's size for the budgets of ``take_batch``.
             priority: lower goes first; ignored unless the queue is prioritized.
             timeout: seconds to wait for room; ``None`` waits forever, 0 not at all.
+            lane, tag: the lane, and the tag it must still have (``open_lane``).
 
         Raises:
             QueueFullError: the queue stayed full for ``timeout`` seconds.
             QueueClosedError: the queue is closed, or was closed while waiting.
-            ValueError: ``samples < 1``, ``nbytes < 0``, or a negative/NaN ``timeout``.
+            LaneChangedError: ``tag`` is not (or no longer) the lane's tag.
+            ValueError: ``samples < 1``, ``nbytes < 0``, a lane out of range, or a
+                negative/NaN ``timeout``.
         """
         samples = as_int64("samples", samples)
         if samples < 1:
@@ -137,26 +192,34 @@ class RequestQueue:
         if nbytes < 0:
             raise ValueError(msg.NBYTES.format(value=nbytes))
         priority = as_int64("priority", priority)
-        self._push(item, future, samples, nbytes, priority, timeout)
+        self._push(item, future, samples, nbytes, priority, timeout, self._lane_index(lane), tag)
 
-    def set_row_schema(self, dtype: npt.DTypeLike, shape: tuple[int]) -> None:
-        """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in :meth:`put_row`.
+    def set_row_schema(self, dtype: npt.DTypeLike, shape: tuple[int], lane: int = 0) -> None:
+        """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in :meth:`put_row`, into ``lane``.
+
+        The lane is pinned: it keeps its tag for the queue's lifetime.
 
         Raises:
-            ValueError: ``shape`` is not a 1-tuple of an integer ``>= 0``.
+            ValueError: ``shape`` is not a 1-tuple of an integer ``>= 0``, or the lane
+                is out of range or was never opened.
             TypeError: ``dtype`` is not a dtype, or ``shape[0]`` not an integer.
         """
+        k = self._lane_index(lane)
         dt = np.dtype(dtype)
         if type(shape) is not tuple or len(shape) != 1:
             raise ValueError(msg.ROW_SCHEMA_SHAPE.format(shape=shape))
         n = as_int64("shape[0]", shape[0])
         if n < 0:
             raise ValueError(msg.ROW_SCHEMA_LENGTH.format(shape=shape))
-        self._row_shape, self._row_dtype = (n,), dt
+        with self._lock:
+            if k >= len(self._lanes):
+                raise ValueError(msg.LANE_NOT_OPEN.format(lane=k))
+            self._lanes[k].pinned = True
+        self._row_shape, self._row_dtype, self._row_lane = (n,), dt, k
 
     def put_row(self, item: object, future: object | None = None,
                 timeout: float | None = None) -> bool:  # fmt: skip
-        """``put(item, future, 1, item.nbytes, 2, timeout)`` if ``item`` is a schema row.
+        """``put(item, future, 1, item.nbytes, 2, timeout, lane, tag)`` for a schema row.
 
         Returns:
             True when queued; False, queuing nothing, when there is no schema or ``item``
@@ -171,40 +234,55 @@ class RequestQueue:
             return False
         if (dt := it.dtype) is not dtype and dt != dtype:
             return False
-        self._push(item, future, 1, it.nbytes, 2, timeout)
+        row_lane = self._row_lane
+        # A pinned lane's tag never changes.
+        self._push(item, future, 1, it.nbytes, 2, timeout, row_lane, self._lanes[row_lane].tag)
         return True
 
     def _push(self, item: object, future: object | None, samples: int, nbytes: int,
-              priority: int, timeout: Any) -> None:  # fmt: skip
+              priority: int, timeout: Any, k: int, tag: object) -> None:  # fmt: skip
         # put() and put_row(), arguments validated but for the timeout.
         wait = as_timeout(timeout)
         with self._lock:
             if self._closed:
                 raise QueueClosedError(msg.QUEUE_CLOSED)
-            queue = self._queue
-            if self._capacity and len(queue) >= self._capacity:
+            lanes = self._lanes
+            if self._capacity and self._count >= self._capacity:
+                self._check_tag(k, tag)
                 self._wait_for_room(wait, timeout)
+            self._check_tag(k, tag)  # again: a wait for room lets others recycle the lane
+            lane = lanes[k]
+            if not self._prioritized:
+                priority = 0  # plain FIFO: only the sequence orders requests, across lanes too
             # Stamped under the lock, so FIFO order and timestamp order agree.
-            record = (item, future, samples, nbytes, monotonic_ns())
+            record = (item, future, samples, nbytes, monotonic_ns(), tag, priority, self._seq)
             if self._prioritized:
-                _heappush(queue, (priority, self._seq, record))
+                _heappush(lane.queue, (priority, self._seq, record))
             else:
-                queue.append(record)
+                lane.queue.append(record)
             self._seq += 1
+            self._count += 1
             self._samples += samples
             self._bytes += nbytes
+            lane.samples += samples
+            lane.bytes += nbytes
             if self._idle_waiters or self._lingerers:
-                self._wake_consumers()
+                self._wake_consumers(lane)
+
+    def _check_tag(self, k: int, tag: object) -> None:
+        lanes = self._lanes
+        if k >= len(lanes) or lanes[k].tag is not tag:
+            raise LaneChangedError(msg.LANE_CHANGED.format(lane=k))
 
     def _wait_for_room(self, wait: float | None, timeout: Any) -> None:
         # Called with the lock held and the queue full; ``wait`` is ``timeout`` validated.
         if wait == 0.0:
             raise QueueFullError(msg.QUEUE_FULL.format(capacity=self._capacity))
         end = None if wait is None else _monotonic() + wait
-        queue, capacity = self._queue, self._capacity
+        capacity = self._capacity
         self._producers_waiting += 1
         try:
-            while len(queue) >= capacity and not self._closed:
+            while self._count >= capacity and not self._closed:
                 if end is None:
                     _wait(self._not_full, None)
                 else:
@@ -218,16 +296,17 @@ class RequestQueue:
         finally:
             self._producers_waiting -= 1
 
-    def _wake_consumers(self) -> None:
-        # Called with the lock held, right after a put. Wake-up economy: a lingering
-        # consumer is woken only once it can finish its batch (the need it recorded is
-        # met, or the queue is full and producers would stall on it); an idle consumer
-        # only when it can take something (not paused).
+    def _wake_consumers(self, lane: _Lane) -> None:
+        # Called with the lock held, right after a put into ``lane``. Wake-up economy: a
+        # lingering consumer is woken only once it can finish its batch (the need it
+        # recorded in its lane is met, or the queue is full and producers would stall on
+        # it); an idle consumer only when it can take something (not paused).
         if self._lingerers and (
             self._lingerers > 1  # several needs recorded: cheaper to wake them all
-            or self._samples >= self._need_samples
-            or (self._need_bytes is not None and self._bytes >= self._need_bytes)
-            or (self._capacity and len(self._queue) >= self._capacity)
+            or (lane is self._need_lane and (
+                lane.samples >= self._need_samples
+                or (self._need_bytes is not None and lane.bytes >= self._need_bytes)))
+            or (self._capacity and self._count >= self._capacity)
         ):
             self._not_empty.notify_all()
         elif self._idle_waiters and not self._paused:
@@ -238,17 +317,19 @@ class RequestQueue:
 
     def take_batch(
         self, max_samples: int, max_bytes: int = 0, linger: float = 0.0,
-        timeout: float | None = None,
-    ) -> tuple[list[Any], list[Any], npt.NDArray[np.int64]] | None:  # fmt: skip
+        timeout: float | None = None, tagged: bool = False,
+    ) -> tuple[Any, ...] | None:  # fmt: skip
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
 
         Waits (up to ``timeout``) for a request while the queue is empty or paused; takes
-        the head request whatever its size; then keeps taking head requests while they fit
-        in ``max_samples`` (and ``max_bytes`` when > 0), waiting for more until the head
-        request's enqueue time + ``linger`` seconds. ``_core.pyi`` has every rule.
+        the head request whatever its size; then keeps taking the head requests of its
+        lane while they fit in ``max_samples`` (and ``max_bytes`` when > 0), waiting for
+        more until the head request's enqueue time + ``linger`` seconds. ``_core.pyi`` has
+        every rule.
 
         Returns:
-            The batch, or ``None`` when ``timeout`` passed with nothing to take.
+            The batch (with ``tagged``, its lane's tag as a fourth element), or ``None``
+            when ``timeout`` passed with nothing to take.
 
         Raises:
             QueueClosedError: the queue is closed and empty.
@@ -266,17 +347,22 @@ class RequestQueue:
         timeout = as_timeout(timeout)
 
         with self._lock:
-            queue, prioritized = self._queue, self._prioritized
+            prioritized = self._prioritized
             # Step 1: wait for something to take (the fast path does not count as a waiter).
-            ready = queue and (not self._paused or self._closed)
+            ready = self._count and (not self._paused or self._closed)
             if not ready and not self._wait_until_ready(timeout):
                 return None
-            # Step 2: the head request, always.
-            item, future, samples, nbytes, stamp = (
+            # Step 2: the head request, always; its lane is the batch's.
+            lane = self._head_lane()
+            queue = lane.queue
+            item, future, samples, nbytes, stamp, tag = (
                 _heappop(queue)[2] if prioritized else queue.popleft()
-            )
+            )[:6]
+            self._count -= 1
             self._samples -= samples
             self._bytes -= nbytes
+            lane.samples -= samples
+            lane.bytes -= nbytes
             items, futures, stamps = [item], [future], [stamp]
             room = max_samples - samples
             byte_room = max_bytes - nbytes if max_bytes else None
@@ -296,8 +382,11 @@ class RequestQueue:
                     items.append(record[0])
                     futures.append(record[1])
                     stamps.append(record[4])
+                    self._count -= 1
                     self._samples -= samples
                     self._bytes -= nbytes
+                    lane.samples -= samples
+                    lane.bytes -= nbytes
                     room -= samples
                     if byte_room is not None:
                         byte_room -= nbytes
@@ -315,9 +404,9 @@ class RequestQueue:
                 if self._producers_waiting and len(items) > freed:
                     self._not_full.notify(len(items) - freed)
                     freed = len(items)
-                # The queue is empty here: record what would fill the batch, so that put()
+                # The lane is empty here: record what would fill the batch, so that put()
                 # wakes us once, when it is there, instead of once per request.
-                self._need_samples, self._need_bytes = room, byte_room
+                self._need_samples, self._need_bytes, self._need_lane = room, byte_room, lane
                 self._lingerers += 1
                 try:
                     _wait(self._not_empty, wait_s)
@@ -325,18 +414,28 @@ class RequestQueue:
                     self._lingerers -= 1
             if self._producers_waiting and len(items) > freed:
                 self._not_full.notify(len(items) - freed)
+        if tagged:
+            return items, futures, np.array(stamps, dtype=np.int64), tag
         return items, futures, np.array(stamps, dtype=np.int64)
+
+    def _head_lane(self) -> _Lane:
+        # Called with the lock held and a request queued: the lane of the head request.
+        lanes = self._lanes
+        if len(lanes) == 1:
+            return lanes[0]
+        heads = [(lane.queue[0][:2] if self._prioritized else (0, lane.queue[0][7]), k)
+                 for k, lane in enumerate(lanes) if lane.queue]
+        return lanes[min(heads)[1]]
 
     def _wait_until_ready(self, timeout: float | None) -> bool:
         # Called with the lock held. True once there is a request to take and the queue
         # is not paused (or is closed: a closed queue is drained even when paused);
         # False when the timeout passed.
-        queue = self._queue
         end = None if timeout is None else _monotonic() + timeout
         self._idle_waiters += 1
         try:
             while True:
-                if queue and (not self._paused or self._closed):
+                if self._count and (not self._paused or self._closed):
                     return True
                 if self._closed:
                     raise QueueClosedError(msg.QUEUE_CLOSED_AND_EMPTY)
@@ -357,10 +456,14 @@ class RequestQueue:
             ``(items, futures, enqueue_ns)`` in queue order.
         """
         with self._lock:
-            queue = self._queue
-            records = [e[2] for e in sorted(queue)] if self._prioritized else list(queue)
-            queue.clear()  # in place: waiting producers watch this very container
-            self._samples = self._bytes = 0
+            records: list[Any] = []
+            for lane in self._lanes:
+                queue = lane.queue
+                records.extend((e[2] for e in queue) if self._prioritized else queue)
+                queue.clear()
+                lane.samples = lane.bytes = 0
+            records.sort(key=lambda r: (r[6], r[7]))
+            self._count = self._samples = self._bytes = 0
             if self._producers_waiting:
                 self._not_full.notify_all()
         stamps = np.array([r[4] for r in records], dtype=np.int64)

@@ -140,9 +140,10 @@ class QueueMachine(RuleBasedStateMachine):
     """RequestQueue: puts, rows, takes, drains, pause/resume/close, with bad arguments."""
 
     @initialize(capacity=st.sampled_from([0, 0, 1, 2, 3, 5, 8, 16]), prioritized=st.booleans(),
-                schema=st.booleans())
-    def setup(self, capacity: int, prioritized: bool, schema: bool) -> None:
-        self.queues = [core.RequestQueue(capacity, prioritized) for core in CORES]
+                schema=st.booleans(), lanes=st.sampled_from([1, 1, 2, 3]))
+    def setup(self, capacity: int, prioritized: bool, schema: bool, lanes: int) -> None:
+        self.queues = [core.RequestQueue(capacity, prioritized, lanes) for core in CORES]
+        self.lanes = lanes
         self.tokens = 0
         self.schema: tuple[np.dtype, int] | None = None
         self.put_order: dict[int, int] = {}  # id(item) -> put number, for the stamps' order
@@ -160,20 +161,32 @@ class QueueMachine(RuleBasedStateMachine):
              lambda i: repr(CORES[i].RequestQueue(capacity, prioritized)))
 
     @rule(samples=SAMPLES, nbytes=NBYTES, priority=PRIORITIES, with_future=st.booleans(),
-          timeout=PUT_TIMEOUTS)
-    def put(self, samples: Any, nbytes: Any, priority: Any, with_future: bool, timeout: Any) -> None:
+          timeout=PUT_TIMEOUTS, lane=mostly(st.integers(0, 2), [-1, 3, 1.5]),
+          stale=st.sampled_from([False] * 6 + [True]))
+    def put(self, samples: Any, nbytes: Any, priority: Any, with_future: bool, timeout: Any,
+            lane: Any = 0, stale: bool = False) -> None:
         item, future = self._token(), self._token() if with_future else None
+        # The lane's tag (the same object in both queues), or one it does not have.
+        tag = self._token() if stale or not (isinstance(lane, int) and 0 <= lane < self.lanes) \
+            else self.queues[0].lane_tag(lane)
         c, _ = both(f"put(samples={samples!r}, nbytes={nbytes!r}, priority={priority!r}, "
-                    f"timeout={timeout!r})",
-                    lambda i: self.queues[i].put(item, future, samples, nbytes, priority, timeout))
+                    f"timeout={timeout!r}, lane={lane!r}, stale={stale})",
+                    lambda i: self.queues[i].put(item, future, samples, nbytes, priority, timeout,
+                                                 lane, tag))
         if c[0] == "ok":
             self.put_order[id(item)] = self.tokens
+
+    @rule()
+    def open_lane(self) -> None:
+        tag = self._token()
+        both("open_lane()", lambda i: self.queues[i].open_lane(tag))
 
     @rule(count=st.integers(2, 8), samples=st.integers(1, 3), nbytes=st.sampled_from([0, 5, 10, 15, 30]),
           priorities=st.lists(st.integers(0, 2), min_size=1, max_size=3))
     def put_several(self, count: int, samples: int, nbytes: int, priorities: list) -> None:
         for k in range(count):
-            self.put(samples, nbytes, priorities[k % len(priorities)], k % 2 == 0, 0)
+            self.put(samples, nbytes, priorities[k % len(priorities)], k % 2 == 0, 0,
+                     k % self.lanes)
 
     @rule(dtype=SCHEMA_DTYPES, shape=SCHEMA_SHAPES)
     def set_row_schema(self, dtype: Any, shape: Any) -> None:
@@ -223,6 +236,9 @@ class QueueMachine(RuleBasedStateMachine):
 
     def _compare_batches(self, what: str, call: Any) -> None:
         c, p = outcome(call, 0), outcome(call, 1)
+        if c[0] == p[0] == "ok" and c[1] is not None and p[1] is not None and len(c[1]) == 4:
+            assert c[1][3] is p[1][3], f"{what}: the tags differ"
+            c, p = ("ok", c[1][:3]), ("ok", p[1][:3])
         if c[0] == p[0] == "ok" and c[1] is not None and p[1] is not None:
             # Items and futures by identity; stamps by dtype and shape, then by order.
             assert_same(c[1][:2], p[1][:2], what)
@@ -237,12 +253,14 @@ class QueueMachine(RuleBasedStateMachine):
         else:
             assert_same_outcome(c, p, what)
 
-    @rule(max_samples=MAX_SAMPLES, max_bytes=MAX_BYTES, linger=LINGERS, timeout=TAKE_TIMEOUTS)
-    def take_batch(self, max_samples: Any, max_bytes: Any, linger: Any, timeout: Any) -> None:
+    @rule(max_samples=MAX_SAMPLES, max_bytes=MAX_BYTES, linger=LINGERS, timeout=TAKE_TIMEOUTS,
+          tagged=st.booleans())
+    def take_batch(self, max_samples: Any, max_bytes: Any, linger: Any, timeout: Any,
+                   tagged: bool) -> None:
         self._compare_batches(
             f"take_batch({max_samples!r}, max_bytes={max_bytes!r}, linger={linger!r}, "
-            f"timeout={timeout!r})",
-            lambda i: self.queues[i].take_batch(max_samples, max_bytes, linger, timeout))
+            f"timeout={timeout!r}, tagged={tagged})",
+            lambda i: self.queues[i].take_batch(max_samples, max_bytes, linger, timeout, tagged))
 
     @rule()
     def drain(self) -> None:
@@ -264,7 +282,8 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def same_state(self) -> None:
         def state(q: Any) -> tuple:
-            return (len(q), q.queued_samples, q.total_puts, q.closed, q.capacity, repr(q))
+            return (len(q), q.queued_samples, q.total_puts, q.closed, q.capacity, repr(q), q.lanes,
+                    [q.lane_tag(k) for k in range(q.lanes)])
 
         assert_same(state(self.queues[0]), state(self.queues[1]), "state")
 
