@@ -15,21 +15,50 @@ import os
 import warnings
 from typing import TYPE_CHECKING
 
-__all__ = ["NAME", "BatchAssembler", "Histogram", "RequestQueue", "StatsWindow", "monotonic_ns"]
+__all__ = [
+    "NAME",
+    "BatchAssembler",
+    "Histogram",
+    "RequestQueue",
+    "StatsWindow",
+    "assemble_padded",
+    "monotonic_ns",
+]
 
 NAME: str
 
 if TYPE_CHECKING:  # both cores follow _core.pyi; type-check against it
-    from ._core import BatchAssembler, Histogram, RequestQueue, StatsWindow, monotonic_ns
+    from ._core import (
+        BatchAssembler,
+        Histogram,
+        RequestQueue,
+        StatsWindow,
+        assemble_padded,
+        monotonic_ns,
+    )
 
     NAME = "compiled"
 elif os.environ.get("FASTBATCH_NO_EXTENSIONS", "") not in ("", "0"):
-    from ._core_py import BatchAssembler, Histogram, RequestQueue, StatsWindow, monotonic_ns
+    from ._core_py import (
+        BatchAssembler,
+        Histogram,
+        RequestQueue,
+        StatsWindow,
+        assemble_padded,
+        monotonic_ns,
+    )
 
     NAME = "python"
 else:
     try:
-        from ._core import BatchAssembler, Histogram, RequestQueue, StatsWindow, monotonic_ns
+        from ._core import (
+            BatchAssembler,
+            Histogram,
+            RequestQueue,
+            StatsWindow,
+            assemble_padded,
+            monotonic_ns,
+        )
     except ImportError as exc:
         warnings.warn(
             f"the compiled core fastbatch._core is missing ({exc}); using the pure-Python "
@@ -38,7 +67,14 @@ else:
             RuntimeWarning,
             stacklevel=2,
         )
-        from ._core_py import BatchAssembler, Histogram, RequestQueue, StatsWindow, monotonic_ns
+        from ._core_py import (
+            BatchAssembler,
+            Histogram,
+            RequestQueue,
+            StatsWindow,
+            assemble_padded,
+            monotonic_ns,
+        )
 
         NAME = "python"
     else:

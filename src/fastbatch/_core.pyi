@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from typing_extensions import disjoint_base
 
-__all__ = ["BatchAssembler", "RequestQueue", "StatsWindow", "monotonic_ns"]
+__all__ = ["BatchAssembler", "RequestQueue", "StatsWindow", "assemble_padded", "monotonic_ns"]
 import numpy.typing as npt
 
 def monotonic_ns() -> int:
@@ -215,6 +215,45 @@ class BatchAssembler:
                 TypeError"; that error is the ``__cause__``). Other exceptions of
                 ``result.__getitem__`` propagate unchanged.
         """
+
+def assemble_padded(
+    items: Sequence[npt.NDArray[Any]], pad_value: Any = 0
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Stack samples of different lengths into one padded batch: ``(data, lengths, mask)``.
+
+    Each item is one sample, a numpy array of shape ``(L_i, *rest)`` (``ndim >= 1``,
+    ``L_i >= 1``); only the first axis may differ between items. Dtype and ``rest`` are
+    fixed by item 0; an equivalent dtype (``==``) is accepted; items may have any strides.
+
+    Returns new arrays, nothing shared with the items or with an earlier call:
+
+    * ``data``: C-contiguous, shape ``(len(items), max L_i, *rest)``, item 0's dtype;
+      ``data[i, :L_i]`` equals item i and ``data[i, L_i:]`` holds ``pad_value``;
+    * ``lengths``: int64, ``lengths[i] == L_i``;
+    * ``mask``: bool, shape ``(len(items), max L_i)``, ``mask[i, j] == (j < L_i)``.
+
+    ``pad_value`` becomes one element of the dtype. For bool, integer, float and complex
+    dtypes it must be a number the dtype holds exactly, except that float and complex
+    dtypes may round it (not overflow it to infinity, nor drop an imaginary part); NaN
+    and infinities pad only float and complex dtypes. For other dtypes (structured,
+    strings, datetimes) it is assigned to one zeroed element as numpy assigns it.
+
+    The compiled core copies and pads in one pass of C, without the GIL when the output
+    is large enough to be worth it (as ``BatchAssembler.assemble`` does).
+
+    Raises (the first error in item order, pad value last):
+        ValueError: ``items`` is empty ("cannot assemble a batch of no items"), an item
+            is 0-d, an item has length 0 ("item 3 has length 0 (shape (0, 4)); ..."),
+            or ``pad_value`` cannot be represented ("pad_value 300 cannot be represented
+            in dtype int8").
+        TypeError: an item is not a numpy array ("item 3 is list, expected a numpy
+            array").
+        BatchDtypeError: item i's dtype differs from item 0's ("item 3 has dtype int32
+            but the batch has dtype int64"), or holds Python objects.
+        BatchShapeError: item i's shape differs from item 0's beyond the first axis, or
+            in ``ndim`` ("item 3 has shape (5, 2) but item 0 has shape (7, 3): only the
+            first axis (the length) may differ").
+    """
 
 @disjoint_base
 class StatsWindow:

@@ -54,7 +54,7 @@ from fastbatch._errors import (
 
 cnp.import_array()
 
-__all__ = ["BatchAssembler", "RequestQueue", "StatsWindow", "monotonic_ns"]
+__all__ = ["BatchAssembler", "RequestQueue", "StatsWindow", "assemble_padded", "monotonic_ns"]
 
 
 cdef extern from "_sync.hpp" nogil:
@@ -1291,6 +1291,342 @@ cdef int _raise_shape_error(Py_ssize_t i, object a, object a0) except -1:
             msg.ROW_SHAPE_MISMATCH.format(i=i, shape=a.shape, batch_shape=batch_sample))
     raise BatchShapeError(msg.SAMPLE_SHAPE_MISMATCH.format(
         i=i, sample_shape=a.shape[1:], shape=a.shape, batch_shape=batch_sample))
+
+
+# --- assemble_padded -----------------------------------------------------------------
+#
+# Samples of different lengths padded into one batch. Fresh outputs each call (nothing
+# is reused, so nothing handed out can change later). The items are checked and their
+# pointers and strides gathered with the GIL; then one pure-C pass writes every output
+# byte once: row i's real part copied from item i, its tail filled with the pad element,
+# its mask row and length set.
+
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.math cimport isfinite
+from libc.string cimport memset
+
+from fastbatch._padding import pad_element
+
+cdef struct PaddedItem:
+    const char* data
+    Py_ssize_t length              # first axis, >= 1
+    const cnp.npy_intp* strides    # a copy in the call's stride table; NULL: C-contiguous
+
+# The pattern the padding is copied from, when its bytes are not all equal: the pad
+# element repeated up to this many bytes (at least once).
+cdef Py_ssize_t _PAD_PATTERN_BYTES = 4096
+
+
+def assemble_padded(items, pad_value=0):
+    """Stack samples of different lengths into one padded batch (see ``_core.pyi``).
+
+    Returns ``(data, lengths, mask)``: ``data`` a new C-contiguous array of shape
+    ``(len(items), max L_i, *rest)``, ``lengths`` int64, ``mask`` bool, True where real.
+
+    Raises:
+        ValueError: ``items`` is empty, an item is 0-d or has length 0, or ``pad_value``
+            cannot be represented in the dtype.
+        TypeError: an item is not a numpy array.
+        BatchDtypeError: item i's dtype differs from item 0's, or holds objects.
+        BatchShapeError: item i's shape differs from item 0's beyond the first axis.
+    """
+    # A tuple of our own keeps the items alive (and in place) during the copy.
+    cdef tuple seq = tuple(items)
+    cdef Py_ssize_t n = PyTuple_GET_SIZE(seq), i, longest = 0, shortest, step_bytes
+    cdef Py_ssize_t itemsize, pattern_bytes = 0, nbytes
+    cdef int nd, nd0, d, fill_byte
+    cdef cnp.ndarray a, a0, data, lengths, mask, pad_array
+    cdef cnp.PyArray_Descr* dtype0
+    cdef cnp.PyArray_Descr* dt
+    cdef cnp.npy_intp* shape
+    cdef cnp.npy_intp* shape0
+    cdef cnp.npy_intp dims[cnp.NPY_MAXDIMS + 1]
+    cdef PaddedItem* plan = NULL
+    cdef cnp.npy_intp* stride_table = NULL
+    cdef unsigned char pad_small[8]
+    cdef const char* pad
+    cdef char* pattern = NULL
+    if n == 0:
+        raise ValueError(msg.NO_ITEMS)
+    a0 = _check_item(seq, 0)
+    dtype0 = cnp.PyArray_DESCR(a0)
+    if _holds_objects(dtype0):
+        raise BatchDtypeError(msg.OBJECT_DTYPE.format(i=0, dtype=a0.dtype))
+    nd0 = cnp.PyArray_NDIM(a0)
+    shape0 = cnp.PyArray_DIMS(a0)
+    itemsize = cnp.PyDataType_ELSIZE(<cnp.dtype>dtype0)
+    step_bytes = itemsize  # bytes of one row: one step along the first axis
+    for d in range(1, nd0):
+        step_bytes *= shape0[d]
+    plan = <PaddedItem*>malloc(<size_t>n * sizeof(PaddedItem))
+    stride_table = <cnp.npy_intp*>malloc(<size_t>n * nd0 * sizeof(cnp.npy_intp))
+    try:
+        if plan == NULL or stride_table == NULL:
+            raise MemoryError()
+        shortest = shape0[0]
+        for i in range(n):
+            a = a0 if i == 0 else _check_item(seq, i)
+            dt = cnp.PyArray_DESCR(a)
+            if dt != dtype0 and not cnp.PyArray_EquivTypes(<cnp.dtype>dtype0, <cnp.dtype>dt):
+                raise BatchDtypeError(
+                    msg.DTYPE_MISMATCH.format(i=i, dtype=a.dtype, batch_dtype=a0.dtype))
+            nd = cnp.PyArray_NDIM(a)
+            shape = cnp.PyArray_DIMS(a)
+            if nd != nd0 or not _same_dims(shape + 1, shape0 + 1, nd0 - 1):
+                raise BatchShapeError(msg.PADDED_SHAPE_MISMATCH.format(
+                    i=i, shape=(<object>a).shape, batch_shape=(<object>a0).shape))
+            if shape[0] == 0:
+                raise ValueError(msg.ZERO_LENGTH.format(i=i, shape=(<object>a).shape))
+            plan[i].data = cnp.PyArray_BYTES(a)
+            plan[i].length = shape[0]
+            if cnp.PyArray_IS_C_CONTIGUOUS(a):
+                plan[i].strides = NULL
+            else:
+                # Copied: another thread could reshape the array in place meanwhile.
+                memcpy(stride_table + i * nd0, cnp.PyArray_STRIDES(a),
+                       nd0 * sizeof(cnp.npy_intp))
+                plan[i].strides = stride_table + i * nd0
+            longest = max(longest, shape[0])
+            shortest = min(shortest, shape[0])
+
+        if _fast_pad(pad_value, <cnp.dtype>dtype0, pad_small):
+            pad = <const char*>pad_small
+        else:
+            pad_array = pad_element(pad_value, <object>dtype0)
+            pad = cnp.PyArray_BYTES(pad_array)
+
+        dims[0] = n
+        dims[1] = longest
+        for d in range(1, nd0):
+            dims[d + 1] = shape0[d]
+        Py_INCREF(<object>dtype0)  # PyArray_NewFromDescr steals it
+        data = _new_from_descr(&_ndarray_type, dtype0, nd0 + 1, dims, NULL, NULL, 0, NULL)
+        mask = cnp.PyArray_EMPTY(2, dims, cnp.NPY_BOOL, 0)
+        lengths = cnp.PyArray_EMPTY(1, dims, cnp.NPY_INT64, 0)
+
+        fill_byte = _uniform_byte(pad, itemsize)
+        if fill_byte < 0 and longest > shortest and step_bytes > 0:
+            pattern_bytes = min((longest - shortest) * step_bytes,
+                                max(1, _PAD_PATTERN_BYTES // itemsize) * itemsize)
+            pattern = <char*>malloc(<size_t>pattern_bytes)
+            if pattern == NULL:
+                raise MemoryError()
+            _repeat(pattern, pad, itemsize, pattern_bytes)
+
+        # As the assembler's copy: without the GIL only when the copy is long enough to
+        # be worth taking a contended GIL back (see the module's docstring).
+        nbytes = cnp.PyArray_NBYTES(data) + cnp.PyArray_NBYTES(mask)
+        if nbytes >= _NOGIL_COPY_BYTES:
+            with nogil:
+                _pad_rows(cnp.PyArray_BYTES(data), <unsigned char*>cnp.PyArray_BYTES(mask),
+                          <int64_t*>cnp.PyArray_BYTES(lengths), plan, n, longest, nd0,
+                          shape0, itemsize, step_bytes, fill_byte, pattern, pattern_bytes)
+        else:
+            _pad_rows(cnp.PyArray_BYTES(data), <unsigned char*>cnp.PyArray_BYTES(mask),
+                      <int64_t*>cnp.PyArray_BYTES(lengths), plan, n, longest, nd0,
+                      shape0, itemsize, step_bytes, fill_byte, pattern, pattern_bytes)
+    finally:
+        free(plan)
+        free(stride_table)
+        free(pattern)
+    return data, lengths, mask
+
+
+cdef bint _fast_pad(object value, cnp.dtype dt, unsigned char* out) except -1:
+    """Writes the pad element for the common cases (at most 8 bytes) and returns True.
+
+    A Python int into a native bool or integer dtype, a Python int or float into native
+    float32/float64, when the value fits. False leaves the rest to ``pad_element``,
+    whose rule this follows, errors included.
+    """
+    cdef char kind = dt.kind
+    cdef Py_ssize_t size = cnp.PyDataType_ELSIZE(dt)
+    cdef long long v
+    cdef int overflow = 0
+    cdef double x
+    cdef float f
+    if dt.byteorder != b'=' and dt.byteorder != b'|':
+        return False
+    if type(value) is int or type(value) is bool:
+        v = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if overflow:
+            return False
+        if kind == b'b':
+            if v != 0 and v != 1:
+                return False
+            out[0] = <unsigned char>v
+            return True
+        if kind == b'i' or kind == b'u':
+            if kind == b'u' and v < 0:
+                return False
+            if size == 8:
+                (<int64_t*>out)[0] = v
+            elif size < 8 and kind == b'i' and -(1LL << (8 * size - 1)) <= v < (1LL << (8 * size - 1)):
+                _store_low_bytes(out, v, size)
+            elif size < 8 and kind == b'u' and v < (1LL << (8 * size)):
+                _store_low_bytes(out, v, size)
+            else:
+                return False
+            return True
+        if kind != b'f' or not -(1LL << 53) <= v <= (1LL << 53):
+            return False
+        x = <double>v
+    elif type(value) is float:
+        if kind != b'f':
+            return False
+        x = value
+    else:
+        return False
+    if size == 8:
+        memcpy(out, &x, 8)
+    elif size == 4:
+        f = <float>x
+        if isfinite(x) and not isfinite(f):
+            return False  # overflows float32: pad_element refuses it
+        memcpy(out, &f, 4)
+    else:
+        return False
+    return True
+
+
+cdef inline void _store_low_bytes(unsigned char* out, long long v, Py_ssize_t size) noexcept:
+    """``v`` as a native integer of ``size`` (1, 2 or 4) bytes; it fits."""
+    cdef signed char v1
+    cdef short v2
+    cdef int v4
+    if size == 1:
+        v1 = <signed char>v
+        memcpy(out, &v1, 1)
+    elif size == 2:
+        v2 = <short>v
+        memcpy(out, &v2, 2)
+    else:
+        v4 = <int>v
+        memcpy(out, &v4, 4)
+
+
+cdef int _uniform_byte(const char* element, Py_ssize_t size) noexcept nogil:
+    """The byte every byte of ``element`` equals (so memset can pad), else -1."""
+    cdef Py_ssize_t k
+    for k in range(1, size):
+        if element[k] != element[0]:
+            return -1
+    return <unsigned char>element[0] if size > 0 else 0
+
+
+cdef void _repeat(char* dst, const char* element, Py_ssize_t size,
+                  Py_ssize_t nbytes) noexcept nogil:
+    """Fill ``nbytes`` (a multiple of ``size``) with ``element``: one copy, then doubling."""
+    cdef Py_ssize_t done = size
+    memcpy(dst, element, <size_t>size)
+    while done < nbytes:
+        memcpy(dst + done, dst, <size_t>min(done, nbytes - done))
+        done += min(done, nbytes - done)
+
+
+cdef void _pad_rows(char* out, unsigned char* mask, int64_t* lengths,
+                    const PaddedItem* plan, Py_ssize_t n, Py_ssize_t longest, int nd,
+                    const cnp.npy_intp* shape0, Py_ssize_t itemsize, Py_ssize_t step_bytes,
+                    int fill_byte, const char* pattern,
+                    Py_ssize_t pattern_bytes) noexcept nogil:
+    """The whole output in one pass, each byte written once (see the section comment)."""
+    cdef Py_ssize_t i, length, real, rest
+    cdef cnp.npy_intp shape[cnp.NPY_MAXDIMS]
+    cdef int d
+    for d in range(1, nd):
+        shape[d] = shape0[d]
+    for i in range(n):
+        length = plan[i].length
+        lengths[i] = length
+        memset(mask, 1, <size_t>length)
+        memset(mask + length, 0, <size_t>(longest - length))
+        mask += longest
+        if step_bytes == 0:
+            continue  # a trailing axis of length 0: no data at all
+        real = length * step_bytes
+        if plan[i].strides == NULL:
+            memcpy(out, plan[i].data, <size_t>real)
+        else:
+            shape[0] = length
+            _copy_strided(out, plan[i].data, nd, shape, plan[i].strides, itemsize)
+        rest = (longest - length) * step_bytes
+        if fill_byte >= 0:
+            memset(out + real, fill_byte, <size_t>rest)
+        else:
+            _fill_from(out + real, rest, pattern, pattern_bytes)
+        out += longest * step_bytes
+
+
+cdef inline void _fill_from(char* dst, Py_ssize_t nbytes, const char* pattern,
+                            Py_ssize_t pattern_bytes) noexcept nogil:
+    cdef Py_ssize_t k
+    while nbytes > 0:
+        k = min(nbytes, pattern_bytes)
+        memcpy(dst, pattern, <size_t>k)
+        dst += k
+        nbytes -= k
+
+
+cdef void _copy_strided(char* dst, const char* src, int nd, const cnp.npy_intp* shape,
+                        const cnp.npy_intp* strides, Py_ssize_t itemsize) noexcept nogil:
+    """Copy a strided array (no axis of length 0) into C order at ``dst``.
+
+    The trailing axes that are contiguous in memory form one block; the innermost
+    remaining axis is a loop of block copies, the axes before it an odometer.
+    """
+    cdef Py_ssize_t block = itemsize, t, count, step
+    cdef int inner = nd - 1, d
+    cdef cnp.npy_intp index[cnp.NPY_MAXDIMS]
+    cdef const char* p
+    while inner >= 0 and (shape[inner] == 1 or strides[inner] == block):
+        block *= shape[inner]
+        inner -= 1
+    if inner < 0:
+        memcpy(dst, src, <size_t>block)
+        return
+    for d in range(inner):
+        index[d] = 0
+    count = shape[inner]
+    step = strides[inner]
+    while True:
+        p = src
+        # Fixed sizes let the compiler turn each memcpy into one load and one store.
+        if block == 8:
+            for t in range(count):
+                memcpy(dst, p, 8)
+                dst += 8
+                p += step
+        elif block == 4:
+            for t in range(count):
+                memcpy(dst, p, 4)
+                dst += 4
+                p += step
+        elif block == 2:
+            for t in range(count):
+                memcpy(dst, p, 2)
+                dst += 2
+                p += step
+        elif block == 1:
+            for t in range(count):
+                dst[0] = p[0]
+                dst += 1
+                p += step
+        else:
+            for t in range(count):
+                memcpy(dst, p, <size_t>block)
+                dst += block
+                p += step
+        d = inner - 1
+        while d >= 0:
+            index[d] += 1
+            src += strides[d]
+            if index[d] < shape[d]:
+                break
+            src -= strides[d] * shape[d]
+            index[d] = 0
+            d -= 1
+        if d < 0:
+            return
 
 
 # --- StatsWindow ---------------------------------------------------------------------

@@ -7,7 +7,7 @@ the extension is missing (``fastbatch._backend`` picks one of the two). Its part
 in one module each:
 
 * ``_twin_queue``: ``RequestQueue`` and ``monotonic_ns``;
-* ``_twin_assembler``: ``BatchAssembler``;
+* ``_twin_assembler``: ``BatchAssembler`` and ``assemble_padded``;
 * ``_twin_stats``: ``StatsWindow`` and ``Histogram``;
 * ``_twin_args``: the argument conversions that mirror the compiled core's C types.
 
@@ -16,11 +16,18 @@ Both cores take their error messages from ``_messages``.
 
 from __future__ import annotations
 
-from ._twin_assembler import BatchAssembler
+from ._twin_assembler import BatchAssembler, assemble_padded
 from ._twin_queue import RequestQueue, monotonic_ns
 from ._twin_stats import Histogram, StatsWindow
 
-__all__ = ["BatchAssembler", "Histogram", "RequestQueue", "StatsWindow", "monotonic_ns"]
+__all__ = [
+    "BatchAssembler",
+    "Histogram",
+    "RequestQueue",
+    "StatsWindow",
+    "assemble_padded",
+    "monotonic_ns",
+]
 
 # This module is the classes' public home, as fastbatch._core is the compiled ones':
 # the backend, reprs, pickling errors and tools that check a class's __module__ against

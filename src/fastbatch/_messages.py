@@ -50,6 +50,15 @@ SAMPLE_SHAPE_MISMATCH = (
 )
 ZERO_SAMPLES = "item {i} has zero samples (array shape {shape})"
 
+# -- assemble_padded (besides NO_ITEMS, NOT_AN_ARRAY, ZERO_DIMENSIONAL, OBJECT_DTYPE and
+# DTYPE_MISMATCH above) ---------------------------------------------------------------------
+PADDED_SHAPE_MISMATCH = (
+    "item {i} has shape {shape} but item 0 has shape {batch_shape}: only the first axis "
+    "(the length) may differ"
+)
+ZERO_LENGTH = "item {i} has length 0 (shape {shape}); a padded item needs at least one row"
+PAD_VALUE = "pad_value {value!r} cannot be represented in dtype {dtype}"
+
 # -- BatchAssembler.split -----------------------------------------------------------------
 RESULT_WITHOUT_LENGTH = "the batch function returned {type}, expected a sequence of {total} results"
 RESULT_LENGTH = "the batch function returned {n} results for a batch of {total} samples"

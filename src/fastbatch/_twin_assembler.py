@@ -1,4 +1,4 @@
-"""The pure-Python twin's ``BatchAssembler`` (see ``_core.pyi`` for the contract).
+"""The pure-Python twin's ``BatchAssembler`` and ``assemble_padded`` (see ``_core.pyi``).
 
 numpy does the copying (one slice assignment per item, strides and byte order
 included); what this module adds is the validation, in the compiled core's order and
@@ -17,8 +17,9 @@ import numpy.typing as npt
 
 from . import _messages as msg
 from ._errors import BatchDtypeError, BatchShapeError, ResultMismatchError
+from ._padding import pad_element
 
-__all__ = ["BatchAssembler"]
+__all__ = ["BatchAssembler", "assemble_padded"]
 
 
 # The buffer of a BatchAssembler may be reused only when nothing but the assembler refers
@@ -171,3 +172,62 @@ class BatchAssembler:
             # A set, a mapping, a __len__ that lies: the function's fault, not an item's.
             raise ResultMismatchError(msg.RESULT_NOT_INDEXABLE.format(
                 type=type(result).__name__, n=n, total=total, error=type(exc).__name__)) from exc
+
+
+def assemble_padded(
+    items: Sequence[npt.NDArray[Any]], pad_value: Any = 0
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    """Stack samples of different lengths into one padded batch.
+
+    Args:
+        items: a non-empty sequence of numpy arrays of shape ``(L_i, *rest)``, one sample
+            each, with the same dtype and the same ``rest``; ``L_i >= 1``.
+        pad_value: what fills row i after its ``L_i`` real rows (see ``_padding``).
+
+    Returns:
+        ``(data, lengths, mask)``: ``data`` of shape ``(len(items), max L_i, *rest)``,
+        ``lengths`` the int64 ``L_i``, ``mask`` bool ``(len(items), max L_i)``, True
+        where ``data`` holds a real row.
+
+    Raises:
+        ValueError: ``items`` is empty, an item is 0-d or has length 0, or ``pad_value``
+            cannot be represented in the dtype.
+        TypeError: an item is not a numpy array.
+        BatchDtypeError: an item's dtype differs from item 0's, or is ``object``.
+        BatchShapeError: an item's shape differs from item 0's beyond the first axis.
+    """
+    items = tuple(items)
+    n_items = len(items)
+    if n_items == 0:
+        raise ValueError(msg.NO_ITEMS)
+    for i, item in enumerate(items):
+        if not isinstance(item, np.ndarray):
+            raise TypeError(msg.NOT_AN_ARRAY.format(i=i, type=type(item).__name__))
+        shape = item.shape
+        if not shape:
+            raise ValueError(msg.ZERO_DIMENSIONAL.format(i=i))
+        if i == 0:
+            dtype, shape0 = item.dtype, shape
+            if dtype.hasobject:
+                raise BatchDtypeError(msg.OBJECT_DTYPE.format(i=i, dtype=dtype))
+        elif item.dtype != dtype:
+            raise BatchDtypeError(
+                msg.DTYPE_MISMATCH.format(i=i, dtype=item.dtype, batch_dtype=dtype))
+        if shape[1:] != shape0[1:]:
+            raise BatchShapeError(
+                msg.PADDED_SHAPE_MISMATCH.format(i=i, shape=shape, batch_shape=shape0))
+        if shape[0] == 0:
+            raise ValueError(msg.ZERO_LENGTH.format(i=i, shape=shape))
+    pad = pad_element(pad_value, dtype)
+
+    lengths = np.array([item.shape[0] for item in items], dtype=np.int64)
+    longest = int(lengths.max())
+    shape = (n_items, longest, *shape0[1:])
+    # Structured elements are assigned field by field, which leaves the gaps between
+    # aligned fields as they were: zeroed, they hold the bytes pad_element gives them.
+    data = np.zeros(shape, dtype) if dtype.names is not None else np.empty(shape, dtype)
+    data[...] = pad
+    for i, item in enumerate(items):
+        data[i, : item.shape[0]] = item
+    mask = np.arange(longest) < lengths[:, np.newaxis]
+    return data, lengths, mask
