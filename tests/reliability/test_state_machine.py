@@ -192,7 +192,13 @@ def test_processor_state_machine(core_name):
             if not self.running:
                 return True
             s = self.processor.get_stats()
-            inflight = max(self.inflight(), s.get("items_in_flight", 0))
+            held = self.inflight()
+            if s.get("items_in_flight", held) != held:
+                # The worker has taken items the function does not hold (yet, or any
+                # more): it is between states, and get_stats() reads the queue and the
+                # counters one after the other, so its sums are only exact when it rests.
+                return False
+            inflight = held
             accounted = (s["total_processed"] + s["total_failed"] + s["total_cancelled"]
                          + s.get("total_expired", 0) + s["queue_size"] + inflight)
             idle = inflight > 0 or s["queue_size"] == 0 or s["is_paused"]
