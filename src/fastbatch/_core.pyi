@@ -61,7 +61,8 @@ class RequestQueue:
     def open_lane(self, tag: object) -> int:
         """Give ``tag`` a lane and return its index, or -1 when every lane is in use.
 
-        A lane is in use while it holds requests or is pinned (``set_row_schema``).
+        A lane is in use while it holds requests, is pinned (``set_row_schema``) or a
+        lingering ``take_batch`` is filling a batch from it.
         """
     def lane_tag(self, lane: int) -> object:
         """The tag of ``lane`` (``None`` for a lane never opened)."""

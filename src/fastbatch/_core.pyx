@@ -238,6 +238,7 @@ cdef struct Lane:
     int64_t nbytes
     PyObject* tag           # strong reference; NULL: the lane was never opened
     bint pinned             # never reassigned (the row schema's lane)
+    Py_ssize_t lingerers    # consumers filling a batch from this lane: not reassigned
 
 cdef inline bint _before(const Request* a, const Request* b) noexcept nogil:
     return a.priority < b.priority or (a.priority == b.priority and a.seq < b.seq)
@@ -622,6 +623,8 @@ cdef class RequestQueue:
             # deadline.
             q = &self._lanes[t.lane]
             while t.samples < t.max_samples and (t.max_bytes == 0 or t.nbytes < t.max_bytes):
+                if q.tag != t.out[0].tag:
+                    break  # reassigned while we looked at signals: its requests are not ours
                 if q.count > 0:
                     h = _lane_peek(q)
                     if h.samples > t.max_samples - t.samples or (
@@ -652,10 +655,12 @@ cdef class RequestQueue:
                     t.removed = 0
                 # Wake when the lane's requests can fill the batch, or one of them
                 # cannot fit (then its samples or bytes alone exceed the room).
+                q.lingerers += 1
                 if self._wait_for_put(t.max_samples - t.samples,
                                       t.max_bytes - t.nbytes if t.max_bytes > 0 else 0,
                                       t.lane, t.batch_deadline):
                     t.batch_deadline = FB_NO_WAIT
+                q.lingerers -= 1
         removed = t.removed
         t.removed = 0
         wake = removed > 0 and self._producers_waiting > 0
@@ -776,7 +781,10 @@ cdef class RequestQueue:
             self._used_lanes += 1
         else:
             for k in range(self._n_lanes):
-                if self._lanes[k].count == 0 and not self._lanes[k].pinned:
+                # A lane a batch is being filled from keeps its tag until the batch is
+                # out: its requests would otherwise join a batch of another tag.
+                if (self._lanes[k].count == 0 and not self._lanes[k].pinned
+                        and self._lanes[k].lingerers == 0):
                     lane = k
                     break
         if lane >= 0:

@@ -39,13 +39,14 @@ def _wait(cond: threading.Condition, seconds: float | None) -> None:
 class _Lane:
     """The requests of one lane, and the tag that names what they are."""
 
-    __slots__ = ("bytes", "pinned", "queue", "samples", "tag")
+    __slots__ = ("bytes", "lingerers", "pinned", "queue", "samples", "tag")
 
     def __init__(self, prioritized: bool, tag: object) -> None:
         self.queue: Any = [] if prioritized else deque()
         self.samples = self.bytes = 0
         self.tag = tag
         self.pinned = False
+        self.lingerers = 0  # consumers filling a batch from this lane: not reassigned
 
 
 class RequestQueue:
@@ -147,7 +148,9 @@ class RequestQueue:
                 lanes.append(_Lane(self._prioritized, tag))
                 return len(lanes) - 1
             for k, lane in enumerate(lanes):
-                if not lane.queue and not lane.pinned:
+                # A lane a batch is being filled from keeps its tag until the batch is
+                # out: its requests would otherwise join a batch of another tag.
+                if not lane.queue and not lane.pinned and not lane.lingerers:
                     lane.tag = tag
                     return k
             return -1
@@ -370,6 +373,8 @@ class RequestQueue:
             freed = 0  # slots already announced to waiting producers
             # Step 3: fill up.
             while room > 0 and (byte_room is None or byte_room > 0):
+                if lane.tag is not tag:
+                    break  # reassigned meanwhile: its requests are not this batch's
                 if queue:
                     record = queue[0][2] if prioritized else queue[0]
                     samples, nbytes = record[2], record[3]
@@ -408,10 +413,12 @@ class RequestQueue:
                 # wakes us once, when it is there, instead of once per request.
                 self._need_samples, self._need_bytes, self._need_lane = room, byte_room, lane
                 self._lingerers += 1
+                lane.lingerers += 1
                 try:
                     _wait(self._not_empty, wait_s)
                 finally:
                     self._lingerers -= 1
+                    lane.lingerers -= 1
             if self._producers_waiting and len(items) > freed:
                 self._not_full.notify(len(items) - freed)
         if tagged:

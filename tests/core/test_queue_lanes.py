@@ -211,3 +211,29 @@ def test_lane_batches_respect_sample_and_byte_budgets(core):
     assert q.take_batch(4, timeout=0)[0] == [("x", 0), ("x", 1)]
     assert q.take_batch(10, max_bytes=250, timeout=0)[0] == [("x", 2), ("x", 3)]
     assert q.queued_samples == 2
+
+
+def test_a_lane_being_filled_is_not_recycled(core):
+    # Lane 0 pinned, lane 1 tagged "t1": the only lane open_lane could recycle is the one
+    # a lingering take is filling. It must stay "t1" until that batch is out, or the
+    # requests of another tag would join the batch.
+    q = lanes_queue(core, 2)
+    q.put("a0", lane=1, tag="t1")
+    q.set_row_schema(np.float64, (2,), lane=0)
+    got: list = []
+    taker = threading.Thread(target=lambda: got.append(q.take_batch(4, linger=30.0, timeout=5, tagged=True)))
+    taker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(q) and time.monotonic() < deadline:  # until the take holds "a0"
+            time.sleep(0.001)
+        assert len(q) == 0
+        assert q.open_lane("t2") == -1  # lane 1 is being filled, lane 0 is pinned
+        q.put("a1", lane=1, tag="t1")
+        q.put("a2", lane=1, tag="t1")
+        q.put("a3", lane=1, tag="t1")
+    finally:
+        taker.join(5)
+    items, _, _, tag = got[0]
+    assert items == ["a0", "a1", "a2", "a3"] and tag == "t1"
+    assert q.open_lane("t2") == 1  # empty and nobody filling it: recycled
