@@ -19,10 +19,12 @@ from ._errors import (
     QueueFullError,
     ResultMismatchError,
     SelfWaitError,
+    TooManyLanesError,
 )
 from ._future import BatchFuture
 from ._health import HealthSnapshot
 from ._histograms import HistogramSnapshot
+from ._padded import PaddedBatch
 from ._processor import BatchProcessor
 from ._stats import BatchStats
 
@@ -43,11 +45,13 @@ __all__ = [
     "HistogramSnapshot",
     "ItemExpiredError",
     "ItemTimeoutError",
+    "PaddedBatch",
     "ProcessorStoppedError",
     "QueueClosedError",
     "QueueFullError",
     "ResultMismatchError",
     "SelfWaitError",
+    "TooManyLanesError",
     "__version__",
     "batch",
 ]

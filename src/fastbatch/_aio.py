@@ -16,6 +16,7 @@ itself and so gets freed room before a polling coroutine does.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import BatchPriority
@@ -37,7 +38,7 @@ _MAX_DELAY_S = 0.01
 async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
                        priority: BatchPriority | int = DEFAULT_PRIORITY,
                        timeout: float | None = None,
-                       deadline: float | None = None) -> BatchFuture[R]:
+                       deadline: float | None = None, key: Hashable | None = None) -> BatchFuture[R]:
     """Queue ``item`` without blocking the event loop and return its future once queued.
 
     Args:
@@ -47,6 +48,7 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
         timeout: seconds to wait for room in a full queue; ``None`` waits as long as it
             takes, 0 not at all.
         deadline: seconds the item may then wait in the queue (see ``enqueue``).
+        key: the item's lane key (see ``enqueue``).
 
     Returns:
         The item's future (never one failed with ``QueueFullError``).
@@ -55,8 +57,7 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
         QueueFullError: the queue stayed full for ``timeout`` seconds (counted once in
             ``total_refused``, as a blocking ``enqueue`` would be).
         ProcessorStoppedError: the processor is not running, or stopped while waiting.
-        TypeError, ValueError, BatchShapeError, BatchDtypeError: a bad item, timeout or
-            priority.
+        TypeError, ValueError, BatchDtypeError: a bad item, timeout, priority or key.
         asyncio.CancelledError: the task was cancelled; the item was not queued.
     """
     timeout = check_timeout(timeout)
@@ -65,7 +66,7 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
     # First attempt straight away: the common case costs one put and no await.
     if timeout == 0 or intake.has_room():
         try:
-            intake.put(item, future, 0, priority, deadline)
+            intake.put(item, future, 0, priority, deadline, key)
             return future
         except QueueFullError:
             if timeout == 0:
@@ -79,7 +80,7 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
             if remaining <= 0:
                 try:
                     # One last try; a refusal here is the one total_refused counts.
-                    intake.put(item, future, 0, priority, deadline)
+                    intake.put(item, future, 0, priority, deadline, key)
                 except QueueFullError:
                     raise QueueFullError(
                         f"the queue stayed full ({processor.config.max_queue_size} items) "
@@ -92,7 +93,7 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
         # producer that takes the room between the check and the put costs a retry.
         if intake.has_room():
             try:
-                intake.put(item, future, 0, priority, deadline)
+                intake.put(item, future, 0, priority, deadline, key)
                 return future
             except QueueFullError:
                 continue
@@ -119,7 +120,8 @@ async def result_async(future: BatchFuture[R]) -> R:
 
 async def enqueue_async(processor: BatchProcessor[Any, R], item: Any, *,
                         priority: BatchPriority | int = DEFAULT_PRIORITY,
-                        timeout: float | None = None, deadline: float | None = None) -> R:
+                        timeout: float | None = None, deadline: float | None = None,
+                        key: Hashable | None = None) -> R:
     """Queue ``item`` and await its result, never blocking the event loop.
 
     Args:
@@ -130,6 +132,7 @@ async def enqueue_async(processor: BatchProcessor[Any, R], item: Any, *,
             call in ``asyncio.wait_for`` for that, which cancels the item on expiry).
         deadline: seconds the item may wait in the queue once queued; past it the
             await raises ``ItemExpiredError``.
+        key: the item's lane key (see ``BatchProcessor.enqueue``).
 
     Returns:
         The item's result: its rows of the batch result.
@@ -138,11 +141,11 @@ async def enqueue_async(processor: BatchProcessor[Any, R], item: Any, *,
         QueueFullError: the queue stayed full for ``timeout`` seconds.
         ProcessorStoppedError: the processor is not running, or stopped before the item
             was processed.
-        TypeError, ValueError, BatchShapeError, BatchDtypeError: a bad item, timeout or
-            priority.
+        TypeError, ValueError, BatchDtypeError: a bad item, timeout, priority or key.
         asyncio.CancelledError: the task was cancelled; the item is skipped unless its
             batch had already started.
         BaseException: whatever the batch function raised for the item's batch.
     """
-    future = await submit_async(processor, item, priority=priority, timeout=timeout, deadline=deadline)
+    future = await submit_async(processor, item, priority=priority, timeout=timeout, deadline=deadline,
+                                key=key)
     return await result_async(future)

@@ -1,7 +1,7 @@
 """How the batch function is called: directly, or, for a coroutine function, on an event loop.
 
-The worker (and the per-item threads) call ``BatchCall(batch)`` and get the result either
-way. A coroutine function (``async def``, or any callable whose call returns a coroutine)
+The worker (and the per-item threads) call ``BatchCall(batch, key)`` and get the result
+either way; a function with a ``key`` parameter is given the batch's key by keyword. A coroutine function (``async def``, or any callable whose call returns a coroutine)
 runs on an event loop: the caller's, given as ``start(fn, loop=loop)`` (for functions
 bound to a client or session living on that loop), or else one the run owns, on its own
 thread, started at the first call and stopped with the run. The calling thread blocks
@@ -60,6 +60,16 @@ def is_coroutine_function(func: Any) -> bool:
         getattr(type(func), "__call__", None))
 
 
+def takes_key(func: Any) -> bool:
+    """Whether ``func`` has a parameter named ``key`` that can be passed by keyword."""
+    try:
+        parameter = inspect.signature(func).parameters.get("key")
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        return False
+    return parameter is not None and parameter.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                        inspect.Parameter.KEYWORD_ONLY)
+
+
 class BatchCall:
     """The run's way of calling the batch function (thread-safe)."""
 
@@ -72,6 +82,7 @@ class BatchCall:
         if loop is not None and loop.is_closed():
             raise ValueError("loop is closed: give start() a running event loop")
         self.func = func
+        self.takes_key = takes_key(func)
         self.name = name
         self._given_loop = loop
         self._abort = abort
@@ -81,8 +92,10 @@ class BatchCall:
         self._own_thread: threading.Thread | None = None
         self._closed = False
 
-    def __call__(self, arg: Any) -> Any:
-        result = self.func(arg)
+    def __call__(self, arg: Any, key: Any = None) -> Any:
+        """``func(arg)``, or ``func(arg, key=key)`` for a function with a ``key`` parameter."""
+        func: Callable[..., Any] = self.func
+        result = func(arg, key=key) if self.takes_key else func(arg)
         if type(result) is types.CoroutineType:
             return self._await(result)
         return result

@@ -160,6 +160,23 @@ class BatchProcessorConfig:
     batch_size_buckets: tuple[float, ...] | None = None
     """Upper bounds (samples) of the batch-size histogram; ``None``: powers of two up to
     ``max_batch_size``."""
+    max_lanes: int = 64
+    """How many lanes (distinct item signatures: dtype and sample shape, device, key) may
+    hold queued items at once; an item that would open one more is refused with
+    ``TooManyLanesError``."""
+    variable_length: bool = False
+    """Each array item is one sample whose first axis may vary (token ids ``(L,)``,
+    frames ``(L, d)``): the batch function receives a ``PaddedBatch``."""
+    pad_value: Any = 0
+    """What pads the samples of a ``PaddedBatch`` to the longest; checked against each
+    lane's dtype when its first item arrives (it must hold the value exactly)."""
+    trim_results: bool = False
+    """With ``variable_length``: a result of shape ``(B, L_max, ...)`` gives each item
+    ``r[i, :L_i]`` instead of the padded row."""
+    bucket_by_length: bool = False
+    """With ``variable_length``: a batch is formed from waiting items of similar length
+    (the oldest item always goes, with those closest to its length), so that batches
+    carry little padding."""
     shutdown_timeout: float = 10.0
     """Seconds a ``with BatchProcessor(...)`` block's exit, and a running processor left at
     interpreter exit (or garbage-collected without ``stop()``), drain the queue before what
@@ -220,6 +237,12 @@ class BatchProcessorConfig:
         _check_float("item_timeout", self.item_timeout, positive=True, allow_none=True)
         _check_float("default_deadline", self.default_deadline, positive=True, allow_none=True)
         _check_int("isolation_budget", self.isolation_budget, 0)
+        _check_int("max_lanes", self.max_lanes, 1)
+        for name in ("trim_results", "bucket_by_length"):
+            if getattr(self, name) is True and self.variable_length is not True:
+                _fail(ValueError, name, True, "applies to variable-length items: set variable_length=True too")
+        if self.max_lanes > 1 << 20:
+            _fail(ValueError, "max_lanes", self.max_lanes, f"must be <= 2**20 ({1 << 20})")
         _check_float("max_batch_memory_mb", self.max_batch_memory_mb, positive=True, allow_none=True)
         for name in ("memory_warning_threshold", "memory_critical_threshold"):
             value = getattr(self, name)
@@ -241,7 +264,8 @@ class BatchProcessorConfig:
         for name in ("enable_priority_queue", "enable_monitoring", "enable_health_monitoring",
                      "enable_memory_optimization", "enable_adaptive_batching",
                      "reduce_batch_on_failure", "debug_mode", "batch_generic_items",
-                     "raise_on_queue_full", "isolate_failures"):
+                     "raise_on_queue_full", "isolate_failures", "variable_length", "trim_results",
+                     "bucket_by_length"):
             _check_bool(name, getattr(self, name))
 
     @property

@@ -132,6 +132,7 @@ class RequestQueue:
         linger: float = 0.0,
         timeout: float | None = None,
         tagged: bool = False,
+        bucket: bool = False,
     ) -> tuple[Any, ...] | None:
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order;
         with ``tagged``, ``(items, futures, enqueue_ns, tag)``, ``tag`` being the tag
@@ -151,6 +152,16 @@ class RequestQueue:
            deadline has passed, otherwise wait for a put until the deadline (puts into
            other lanes do not end the wait). ``pause()`` during this step does not
            interrupt it.
+
+           With ``bucket``: the batch is filled once, when the lane's requests could
+           fill the room (samples or bytes), or the queue is closed, or the deadline has
+           passed (waiting for a put until then, as above). Then the lane's requests
+           are ranked: first those passed over by an earlier bucketed take of this lane
+           (queued when it chose), then by distance of their ``nbytes`` to the head
+           request's, then in queue order; taken in rank order while they fit (one
+           that does not fit is skipped, not a stop), and handed out in queue order.
+           So requests of similar size go together and none waits behind requests
+           that arrived after it was passed over.
 
         ``enqueue_ns`` is an int64 array of the requests' enqueue timestamps.
         Raises ``ValueError`` for ``max_samples < 1``, ``max_bytes < 0``, a negative or

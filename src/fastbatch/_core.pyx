@@ -221,6 +221,7 @@ cdef struct TakeState:
     Py_ssize_t n
     Py_ssize_t cap
     Py_ssize_t removed      # requests removed by the current _take call
+    bint bucket             # fill with the requests closest in size to the first one
 
 cdef struct Lane:
     # The requests of one lane: a ring in seq order and, when prioritized, a binary heap
@@ -239,6 +240,7 @@ cdef struct Lane:
     PyObject* tag           # strong reference; NULL: the lane was never opened
     bint pinned             # never reassigned (the row schema's lane)
     Py_ssize_t lingerers    # consumers filling a batch from this lane: not reassigned
+    uint64_t passed_before  # bucketed takes: requests with seq below this were passed over
 
 cdef inline bint _before(const Request* a, const Request* b) noexcept nogil:
     return a.priority < b.priority or (a.priority == b.priority and a.seq < b.seq)
@@ -367,6 +369,52 @@ cdef void _release_requests(Request* rs, Py_ssize_t n):
         Py_XDECREF(rs[i].item)
         Py_XDECREF(rs[i].future)
         Py_XDECREF(rs[i].tag)
+
+
+cdef struct Candidate:
+    # A queued request as a bucketed take ranks it: passed over before, then closest in
+    # size to the batch's first request, then queue order.
+    int passed              # 0: passed over by an earlier bucketed take (goes first)
+    int64_t distance        # |nbytes - the first request's nbytes|
+    int64_t priority
+    uint64_t seq
+    Py_ssize_t index        # in the lane: ring position from head, then heap position
+
+cdef int _compare_candidates(const void* pa, const void* pb) noexcept nogil:
+    cdef const Candidate* a = <const Candidate*>pa
+    cdef const Candidate* b = <const Candidate*>pb
+    if a.passed != b.passed:
+        return -1 if a.passed < b.passed else 1
+    if a.distance != b.distance:
+        return -1 if a.distance < b.distance else 1
+    if a.priority != b.priority:
+        return -1 if a.priority < b.priority else 1
+    return -1 if a.seq < b.seq else (1 if a.seq > b.seq else 0)
+
+cdef inline Request* _lane_at(Lane* q, Py_ssize_t i) noexcept nogil:
+    """The lane's i-th record: ring positions (from the head) first, then the heap."""
+    cdef Py_ssize_t k
+    if i < q.ring_count:
+        k = q.head + i
+        if k >= q.alloc:
+            k -= q.alloc
+        return &q.buf[k]
+    return &q.heap[i - q.ring_count]
+
+cdef void _heap_sift_down(Request* h, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+    cdef Request moving = h[i]
+    cdef Py_ssize_t child
+    while True:
+        child = 2 * i + 1
+        if child >= n:
+            break
+        if child + 1 < n and _before(&h[child + 1], &h[child]):
+            child += 1
+        if not _before(&h[child], &moving):
+            break
+        h[i] = h[child]
+        i = child
+    h[i] = moving
 
 
 cdef class RequestQueue:
@@ -582,6 +630,96 @@ cdef class RequestQueue:
             fb_notify_all(self._not_empty)
         return status
 
+    cdef int _take_closest(self, TakeState* t) noexcept nogil:
+        """Fill the batch from its lane with the requests closest in size (``nbytes``) to
+        its first one, those passed over by an earlier such take first; the chosen leave
+        the lane and join the batch in queue order. Returns -1, changing nothing, when
+        out of memory."""
+        cdef Lane* q = &self._lanes[t.lane]
+        cdef Py_ssize_t n = q.count, nr = q.ring_count, nh = q.heap_count
+        cdef Py_ssize_t i, k, w, chosen = 0
+        cdef int64_t room = t.max_samples - t.samples
+        cdef int64_t byte_room = t.max_bytes - t.nbytes if t.max_bytes > 0 else INT64_MAX
+        cdef int64_t target = t.out[0].nbytes
+        cdef uint64_t newest = 0
+        cdef Request* r
+        cdef void* out
+        cdef Candidate* c = <Candidate*>malloc(<size_t>n * sizeof(Candidate))
+        cdef char* taken = <char*>calloc(<size_t>n, 1)
+        if c == NULL or taken == NULL:
+            free(c)
+            free(taken)
+            return -1
+        for i in range(n):
+            r = _lane_at(q, i)
+            c[i].passed = 0 if r.seq < q.passed_before else 1
+            c[i].distance = r.nbytes - target if r.nbytes >= target else target - r.nbytes
+            c[i].priority = r.priority
+            c[i].seq = r.seq
+            c[i].index = i
+            if r.seq >= newest:
+                newest = r.seq + 1
+        qsort(c, <size_t>n, sizeof(Candidate), _compare_candidates)
+        for k in range(n):
+            if room <= 0 or byte_room <= 0:
+                break
+            r = _lane_at(q, c[k].index)
+            if r.samples <= room and r.nbytes <= byte_room:
+                taken[c[k].index] = 1
+                room -= r.samples
+                byte_room -= r.nbytes
+                chosen += 1
+        free(c)
+        if t.n + chosen > t.cap:
+            out = t.out
+            if grow(&out, <size_t>(t.n + chosen), sizeof(Request)) < 0:
+                free(taken)
+                return -1
+            t.out = <Request*>out
+            t.cap = t.n + chosen
+        # Hand out the chosen, then close the gaps they leave (ring in order, heap rebuilt).
+        k = t.n
+        for i in range(n):
+            if taken[i]:
+                t.out[k] = _lane_at(q, i)[0]
+                k += 1
+        qsort(&t.out[t.n], <size_t>chosen, sizeof(Request), _compare_requests)
+        w = 0
+        for i in range(nr):
+            if not taken[i]:
+                if w != i:
+                    _lane_at(q, w)[0] = _lane_at(q, i)[0]
+                w += 1
+        q.ring_count = w
+        w = 0
+        for i in range(nh):
+            if not taken[nr + i]:
+                q.heap[w] = q.heap[i]
+                w += 1
+        q.heap_count = w
+        i = w // 2 - 1
+        while i >= 0:
+            _heap_sift_down(q.heap, w, i)
+            i -= 1
+        free(taken)
+        for k in range(t.n, t.n + chosen):
+            r = &t.out[k]
+            q.count -= 1
+            q.samples -= r.samples
+            q.nbytes -= r.nbytes
+            self._count -= 1
+            self._samples -= r.samples
+            self._bytes -= r.nbytes
+            t.samples += r.samples
+            t.nbytes += r.nbytes
+        t.n += chosen
+        t.removed += chosen
+        # Whoever was waiting now was passed over: the next bucketed take serves them
+        # before anything that arrives later.
+        if newest > q.passed_before:
+            q.passed_before = newest
+        return 0
+
     cdef int _take(self, TakeState* t, bint can_wait) noexcept nogil:
         cdef int status = ST_OK
         cdef Request* h
@@ -625,7 +763,17 @@ cdef class RequestQueue:
             while t.samples < t.max_samples and (t.max_bytes == 0 or t.nbytes < t.max_bytes):
                 if q.tag != t.out[0].tag:
                     break  # reassigned while we looked at signals: its requests are not ours
-                if q.count > 0:
+                if t.bucket and q.count > 0:
+                    # Choose only once the lane can fill the batch, or the wait is over.
+                    if (q.samples >= t.max_samples - t.samples
+                            or (t.max_bytes > 0 and q.nbytes >= t.max_bytes - t.nbytes)
+                            or self._closed or t.batch_deadline == FB_NO_WAIT
+                            or (t.batch_deadline != FB_FOREVER and fb_now_ns() >= t.batch_deadline)):
+                        if self._take_closest(t) == 0:
+                            break
+                        t.bucket = False  # out of memory: fill in queue order instead
+                        continue
+                elif q.count > 0:
                     h = _lane_peek(q)
                     if h.samples > t.max_samples - t.samples or (
                             t.max_bytes > 0 and h.nbytes > t.max_bytes - t.nbytes):
@@ -930,11 +1078,12 @@ cdef class RequestQueue:
                 msg.QUEUE_STAYED_FULL.format(capacity=self._capacity, timeout=timeout))
         raise MemoryError(msg.NO_MEMORY_QUEUE)
 
-    def take_batch(self, max_samples, max_bytes=0, linger=0.0, timeout=None, tagged=False):
+    def take_batch(self, max_samples, max_bytes=0, linger=0.0, timeout=None, tagged=False, bucket=False):
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
 
         With ``tagged``, ``(items, futures, enqueue_ns, tag)``: the tag of the batch's
-        lane. See ``_core.pyi`` for the three steps. Returns ``None`` when ``timeout``
+        lane. With ``bucket``, the batch is filled with the requests of its lane closest
+        in size to its first one (see ``_core.pyi``). See ``_core.pyi`` for the three steps. Returns ``None`` when ``timeout``
         passes before a request is available; raises ``QueueClosedError`` when the queue
         is closed and empty. All waiting happens with the GIL released.
         """
@@ -955,6 +1104,7 @@ cdef class RequestQueue:
         t.n = 0
         t.lane = 0
         t.removed = 0
+        t.bucket = bool(bucket)
         t.cap = 16 if t.max_samples > 16 else <Py_ssize_t>t.max_samples
         t.out = <Request*>malloc(<size_t>t.cap * sizeof(Request))
         if t.out == NULL:

@@ -21,7 +21,8 @@ from typing import Any
 
 #: The totals, in the order ``snapshot`` reports them.
 FIELDS = ("submitted_before", "refused", "processed", "failed", "cancelled", "expired",
-          "expired_dropped", "in_flight", "samples", "batches", "batch_errors", "external_errors")
+          "expired_dropped", "in_flight", "samples", "batches", "batch_errors", "external_errors",
+          "pad_positions", "real_positions")
 
 
 class Counters:
@@ -43,10 +44,14 @@ class Counters:
         self.batches = 0
         self.batch_errors = 0  # failed calls of the batch function
         self.external_errors = 0  # counted by the user (BatchStats.record_error)
+        # Variable-length batches that ran: padded and real positions (first axis).
+        self.pad_positions = 0
+        self.real_positions = 0
 
     def add(self, processed: int = 0, failed: int = 0, cancelled: int = 0, expired: int = 0,
             expired_dropped: int = 0, in_flight: int = 0, samples: int = 0, batches: int = 0,
-            batch_errors: int = 0, refused: int = 0, external_errors: int = 0) -> None:
+            batch_errors: int = 0, refused: int = 0, external_errors: int = 0,
+            pad_positions: int = 0, real_positions: int = 0) -> None:
         """Add to any of the totals at once (negative ``in_flight`` settles taken items)."""
         with self._lock:
             self.processed += processed
@@ -60,6 +65,8 @@ class Counters:
             self.batch_errors += batch_errors
             self.refused += refused
             self.external_errors += external_errors
+            self.pad_positions += pad_positions
+            self.real_positions += real_positions
 
     def settle(self, outcome: str, taken: bool) -> None:
         """Count one future's final outcome ("processed", "failed", "cancelled", "expired").

@@ -13,7 +13,7 @@ import dataclasses
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar, overload
 
 from ._batch_call import is_coroutine_function
@@ -114,7 +114,7 @@ class BatchedFunction(Generic[T, R]):
             "wrap a bound method per instance: self.predict = fastbatch.batch(...)(self._predict)")
 
     def __call__(self, item: T, *, timeout: float | None = None,
-                 priority: BatchPriority | int = BatchPriority.NORMAL) -> R:
+                 priority: BatchPriority | int = BatchPriority.NORMAL, key: Hashable | None = None) -> R:
         """Process ``item`` in a batch and return its result, blocking this thread.
 
         Do not call it from a coroutine: it would block the event loop. Use
@@ -126,6 +126,8 @@ class BatchedFunction(Generic[T, R]):
             timeout: seconds for the whole call (waiting for room, then for the result);
                 ``None`` waits as long as it takes.
             priority: a ``BatchPriority``.
+            key: batches never mix items of different keys; a function with a ``key``
+                parameter receives its batch's key.
 
         Returns:
             The item's result.
@@ -139,7 +141,7 @@ class BatchedFunction(Generic[T, R]):
         """
         processor = self._runner.ensure_started()
         deadline = None if timeout is None else time.monotonic() + timeout
-        future = processor.enqueue_predict(item, timeout, priority)
+        future = processor.enqueue_predict(item, timeout, priority, key=key)
         try:
             if deadline is not None:
                 try:
@@ -154,7 +156,8 @@ class BatchedFunction(Generic[T, R]):
             raise
 
     async def call_async(self, item: T, *, timeout: float | None = None,
-                         priority: BatchPriority | int = BatchPriority.NORMAL) -> R:
+                         priority: BatchPriority | int = BatchPriority.NORMAL,
+                         key: Hashable | None = None) -> R:
         """Process ``item`` in a batch and await its result, never blocking the loop.
 
         Arguments, return value and exceptions as for calling the object, except that a
@@ -168,10 +171,10 @@ class BatchedFunction(Generic[T, R]):
 
         processor = self._runner.ensure_started()
         if timeout is None:
-            return await result_async(await submit_async(processor, item, priority=priority))
+            return await result_async(await submit_async(processor, item, priority=priority, key=key))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        future = await submit_async(processor, item, priority=priority, timeout=timeout)
+        future = await submit_async(processor, item, priority=priority, timeout=timeout, key=key)
         waiter = asyncio.wrap_future(future)
         try:
             done, _ = await asyncio.wait((waiter,), timeout=max(0.0, deadline - loop.time()))
@@ -187,19 +190,21 @@ class BatchedFunction(Generic[T, R]):
         return result
 
     def submit(self, item: T, *, timeout: float | None = None,
-               priority: BatchPriority | int = BatchPriority.NORMAL) -> BatchFuture[R]:
+               priority: BatchPriority | int = BatchPriority.NORMAL,
+               key: Hashable | None = None) -> BatchFuture[R]:
         """Queue ``item`` and return its future at once (``enqueue_predict``).
 
         Args:
             item: one item.
             timeout: seconds to wait for room in a full queue; ``None`` waits.
             priority: a ``BatchPriority``.
+            key: the item's lane key (see calling the object).
 
         Returns:
             The item's future; a full queue gives a future failed with ``QueueFullError``
             (or raises it, with ``raise_on_queue_full=True``).
         """
-        return self._runner.ensure_started().enqueue_predict(item, timeout, priority)
+        return self._runner.ensure_started().enqueue_predict(item, timeout, priority, key=key)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the processor (``BatchProcessor.stop``); the next call starts it again.
@@ -218,9 +223,9 @@ class AsyncBatchedFunction(BatchedFunction[T, R]):
     """
 
     async def __call__(self, item: T, *, timeout: float | None = None,  # type: ignore[override]
-                       priority: BatchPriority | int = BatchPriority.NORMAL) -> R:
+                       priority: BatchPriority | int = BatchPriority.NORMAL, key: Hashable | None = None) -> R:
         """Process ``item`` in a batch and await its result (as :meth:`call_async`)."""
-        return await self.call_async(item, timeout=timeout, priority=priority)
+        return await self.call_async(item, timeout=timeout, priority=priority, key=key)
 
 
 @overload

@@ -1,10 +1,11 @@
 """Intake: what a valid item and a valid enqueue call are, decided in one place.
 
 ``enqueue``, ``enqueue_predict`` and ``enqueue_async`` all go through :meth:`Intake.put`.
-It checks the call's arguments (timeout, priority, deadline) and the item against the
-run's schema — array or not, dtype, sample shape, byte budget — and hands the queue only
-what it has checked; the cores just copy. The common case (a row of the schema, default
-priority, no deadline) costs one C call: the queue's ``put_row`` checks the row itself.
+It checks the call's arguments (timeout, priority, deadline, key) and the item — array,
+tensor or other object, dtype, sample shape, byte budget — and puts it into the lane of
+its signature (``_lanes``); the cores just copy. The common case (a 1-D row of the first
+row lane, default priority, no deadline, no key) costs one C call: the queue's
+``put_row`` checks the row itself.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from ._config import BatchPriority, BatchProcessorConfig
 from . import _tensors
+from ._config import BatchPriority, BatchProcessorConfig
 from ._counters import Counters
-from ._errors import (BatchDtypeError, BatchShapeError, ProcessorStoppedError, QueueClosedError,
-                      QueueFullError)
+from ._errors import BatchDtypeError, LaneChangedError, ProcessorStoppedError, QueueClosedError, QueueFullError
+from ._lanes import ARRAY, GENERIC, PADDED, TENSOR, Lane, LaneTable
+from ._padding import pad_element
 
 #: The priority of a call that names none.
 DEFAULT_PRIORITY = BatchPriority.NORMAL
@@ -66,6 +68,16 @@ def check_priority(priority: Any) -> int:
     return prio
 
 
+def check_key(key: Any) -> Any:
+    """A lane key: any hashable object (None: no key)."""
+    try:
+        hash(key)
+    except TypeError:
+        raise TypeError(f"key must be hashable (a str, an int, a tuple ...), not {type(key).__name__} "
+                        f"{key!r}") from None
+    return key
+
+
 def _shape(shape: tuple[int, ...]) -> str:
     return str(tuple(shape))
 
@@ -73,9 +85,8 @@ def _shape(shape: tuple[int, ...]) -> str:
 class Intake:
     """Validates and queues the items of one processor, run after run.
 
-    The schema (the dtype and sample shape every array must have, or "generic" for a
-    processor of non-array items) is fixed by the first accepted item of a run and
-    forgotten at the next ``attach``.
+    Each run has its own lanes (``LaneTable``): a lane opens with the first item of its
+    signature and is reused once empty.
     """
 
     def __init__(self, name: str, config: BatchProcessorConfig, counters: Counters) -> None:
@@ -84,50 +95,53 @@ class Intake:
         self._counters = counters
         self._max_bytes = config.max_batch_bytes
         self._default_deadline = config.default_deadline
-        self._lock = threading.Lock()  # fixes the schema once
+        self._variable = config.variable_length
         self.queue: Any = None  # the current run's queue; None before the first start
         self.run: Any = None
+        # (queue, run, lanes) of the current run, read at once by a put: a put racing a
+        # restart sees one run, never the queue of one and the lanes of another.
+        self._target: tuple[Any, Any, LaneTable] | None = None
         # The fast path, for the enqueue methods to call directly: the queue's C
-        # ``put_row(item, future, None)``, which queues a row of the run's schema and
+        # ``put_row(item, future, None)``, which queues a row of the run's row lane and
         # returns False for anything else. Only for a call with no timeout, the default
-        # priority and no deadline; None when a default deadline applies to every item.
+        # priority, no deadline and no key; None when a default deadline applies.
         # A QueueClosedError from it means: call put() (which says why it is closed).
         self.put_row: Any = None
         self.not_running_hint = ""
-        self._reset_schema()
+        # The row lane (what put_row takes) as (lane, dtype, shape), once pinned.
+        self._row: tuple[Lane, Any, tuple[int, ...]] | None = None
+        self._said_generic = False
+        self._say_lock = threading.Lock()
 
     def attach(self, run: Any) -> None:
-        """Route items to ``run``'s queue from now on, with a fresh schema."""
-        self._reset_schema()
+        """Route items to ``run``'s queue from now on, with lanes of its own."""
+        self._row = None
+        self._said_generic = False
         self.run = run
         self.queue = run.queue
+        self._target = (run.queue, run, LaneTable(run.queue, self._config.max_lanes, self._make_lane,
+                                                   self.lane_opened))
         self.put_row = run.queue.put_row if self._default_deadline is None else None
 
     def reset_after_fork(self, hint: str) -> None:
-        self._lock = threading.Lock()
-        self.queue = self.run = self.put_row = None
+        self.queue = self.run = self.put_row = self._target = None
+        self._say_lock = threading.Lock()
         self.not_running_hint = hint
-
-    def _reset_schema(self) -> None:
-        self._kind: str | None = None
-        self._dtype: Any = None
-        self._sample_shape: tuple[int, ...] = ()
-        self._row_shape: Any = None  # the sample shape when samples are 1-D
-        self._device: Any = None  # tensors: the device every item must be on
 
     # -- the one way in ---------------------------------------------------------------
 
-    def put(self, item: Any, future: Any, timeout: Any, priority: Any, deadline: Any) -> Any:
+    def put(self, item: Any, future: Any, timeout: Any, priority: Any, deadline: Any, key: Any = None) -> Any:
         """Queue ``item`` (with ``future``, or None); returns the future it was queued with.
 
         A deadline needs a future to expire, so one is made for an item without one.
 
         Raises:
-            QueueFullError, ProcessorStoppedError, and TypeError / ValueError /
-            BatchShapeError / BatchDtypeError for a bad item or argument.
+            QueueFullError (TooManyLanesError among them), ProcessorStoppedError, and
+            TypeError / ValueError / BatchDtypeError for a bad item or argument.
         """
         queue = self.queue
-        if priority is _DEFAULT and deadline is None and self._default_deadline is None and queue is not None:
+        if (priority is _DEFAULT and deadline is None and key is None and self._default_deadline is None
+                and queue is not None):
             if timeout is not None:
                 timeout = check_timeout(timeout)
             try:
@@ -138,29 +152,42 @@ class Intake:
             except QueueFullError:
                 self._counters.add(refused=1)
                 raise
-            return self._put(item, future, timeout, priority, deadline)
-        return self._put(item, future, check_timeout(timeout), priority, deadline)
+            return self._put(item, future, timeout, priority, deadline, None)
+        return self._put(item, future, check_timeout(timeout), priority, deadline, key)
 
-    def _put(self, item: Any, future: Any, timeout: float | None, priority: Any, deadline: Any) -> Any:
-        # Arguments first: a call refused for them must not fix the schema.
+    def _put(self, item: Any, future: Any, timeout: float | None, priority: Any, deadline: Any,
+             key: Any) -> Any:
+        # Arguments first: a call refused for them must not open a lane.
         if deadline is None:
             deadline = self._default_deadline
         else:
             deadline = check_deadline(deadline)
         prio = 2 if priority is _DEFAULT else check_priority(priority)
-        if item.__class__ is _ndarray and item.shape == self._row_shape and (
-                (dtype := item.dtype) is self._dtype or dtype == self._dtype):
-            samples, nbytes = 1, item.nbytes
+        if key is not None:
+            check_key(key)
+        row = self._row
+        lane: Lane | None = None
+        if (key is None and row is not None and item.__class__ is _ndarray and item.shape == row[2]
+                and ((dtype := item.dtype) is row[1] or dtype == row[1])):
+            lane, samples, nbytes = row[0], 1, item.nbytes
         else:
-            samples, nbytes = self.describe(item)
-        queue, run = self.queue, self.run
-        if queue is None:
+            samples, nbytes, signature = self.describe(item, key)
+        target = self._target
+        if target is None:
             raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running{self.not_running_hint}: "
                                         "call start() first")
+        queue, run, lanes = target
         if deadline is not None and future is None:
             future = run.new_future()  # expiry is tracked through a future, even for enqueue()
         try:
-            queue.put(item, future, samples, nbytes, prio, timeout)
+            if lane is None:
+                lane = lanes.get(signature)
+            while True:
+                try:
+                    queue.put(item, future, samples, nbytes, prio, timeout, lane.index, lane)
+                    break
+                except LaneChangedError:
+                    lane = lanes.renew(lane)  # the lane was given to another signature meanwhile
         except QueueClosedError:
             raise self.stopped_error() from None
         except QueueFullError:
@@ -184,82 +211,77 @@ class Intake:
 
     # -- what a valid item is ---------------------------------------------------------
 
-    def describe(self, item: Any) -> tuple[int, int]:
-        """Check an item against the schema (fixing it on first use); ``(samples, nbytes)``."""
+    def describe(self, item: Any, key: Any = None) -> tuple[int, int, tuple[Any, ...]]:
+        """``(samples, nbytes, signature)`` of a valid item; the signature names its lane.
+
+        Raises:
+            TypeError, ValueError, BatchDtypeError: an item that cannot be batched.
+        """
         if not isinstance(item, np.ndarray):
             if item is None:
                 raise TypeError("item is None: enqueue a numpy array or an object the batch function accepts")
-            if self._kind == "tensor" or (self._kind is None and _tensors.is_tensor(item)):
-                return self._describe_tensor(item)
-            if self._kind == "array":
-                raise TypeError(f"this processor batches numpy arrays (dtype {self._dtype}, sample shape "
-                                f"{_shape(self._sample_shape)}); got {type(item).__name__}")
-            if self._kind is None:
-                with self._lock:
-                    first = self._kind is None
-                    self._kind = self._kind or "generic"
-                if self._kind != "generic":
-                    return self.describe(item)
-                if first and not self._config.batch_generic_items:
-                    self._say_not_batched(item)
-            return 1, 0
-        if self._kind == "generic":
-            raise TypeError("this processor was given non-array items; an array cannot be batched with them")
-        if self._kind == "tensor":
-            raise TypeError(f"this processor batches torch tensors (dtype {self._dtype}, sample shape "
-                            f"{_shape(self._sample_shape)}, device {self._device}); got a numpy array")
+            if _tensors.is_tensor(item):
+                samples, nbytes, (dtype, sample_shape, device) = _tensors.describe(item)
+                self._check_bytes(nbytes)
+                return samples, nbytes, (TENSOR, dtype, sample_shape, device, key)
+            if not self._said_generic:
+                self._first_generic(item)
+            return 1, 0, (GENERIC, key)
         if item.ndim == 0:
             raise ValueError(f"a 0-d array ({item!r}) cannot be batched: pass a 1-D row "
                              "(x.reshape(1)) or an (n, ...) mini-batch")
         if item.dtype.hasobject:
             raise BatchDtypeError(f"arrays of dtype {item.dtype} cannot be batched: they hold Python objects")
+        if self._variable:
+            if item.shape[0] == 0:
+                raise ValueError(f"a sample of length 0 (shape {_shape(item.shape)}) cannot be batched: "
+                                 "variable-length samples have at least one element on their first axis")
+            self._check_bytes(item.nbytes)
+            return 1, item.nbytes, (PADDED, item.dtype, item.shape[1:], key)
         if item.ndim == 1:
             samples, sample_shape = 1, item.shape
         else:
             samples, sample_shape = item.shape[0], item.shape[1:]
             if samples == 0:
                 raise ValueError(f"a mini-batch of 0 samples (shape {_shape(item.shape)}) cannot be batched")
-        # Before the schema is fixed: an item refused for its size must not let later
-        # rows of its shape skip this check through the fast path.
-        if self._max_bytes and item.nbytes > self._max_bytes:
-            raise ValueError(f"item of {item.nbytes} bytes exceeds the batch byte budget "
-                             f"max_batch_memory_mb={self._config.max_batch_memory_mb} ({self._max_bytes} bytes)")
-        if self._kind is None:
-            self._fix_schema(item, sample_shape)
-        if item.dtype != self._dtype:
-            raise BatchDtypeError(f"item has dtype {item.dtype} but the batch has dtype {self._dtype}")
-        if sample_shape != self._sample_shape:
-            if item.ndim == 1:
-                raise BatchShapeError(f"item has shape {_shape(item.shape)} but the batch has shape "
-                                      f"{_shape(self._sample_shape)}")
-            raise BatchShapeError(f"item has sample shape {_shape(sample_shape)} (array shape "
-                                  f"{_shape(item.shape)}) but the batch has sample shape "
-                                  f"{_shape(self._sample_shape)}")
-        return int(samples), item.nbytes
+        self._check_bytes(item.nbytes)
+        return int(samples), item.nbytes, (ARRAY, item.dtype, sample_shape, key)
 
-    def _describe_tensor(self, item: Any) -> tuple[int, int]:
-        """A torch tensor item: one schema (dtype, sample shape, device) per run."""
-        if not _tensors.is_tensor(item):
-            raise TypeError(f"this processor batches torch tensors (dtype {self._dtype}, sample shape "
-                            f"{_shape(self._sample_shape)}, device {self._device}); got {type(item).__name__}")
-        samples, nbytes, signature = _tensors.describe(item)
+    def _check_bytes(self, nbytes: int) -> None:
         if self._max_bytes and nbytes > self._max_bytes:
             raise ValueError(f"item of {nbytes} bytes exceeds the batch byte budget "
                              f"max_batch_memory_mb={self._config.max_batch_memory_mb} ({self._max_bytes} bytes)")
-        if self._kind is None:
-            with self._lock:
-                if self._kind is None:
-                    self._dtype, self._sample_shape, self._device = signature
-                    self._kind = "tensor"
-                    if self.run is not None:
-                        self.run.item_kind = "tensor"  # the worker batches by the run's kind
-            if self._kind != "tensor":
-                return self.describe(item)
-        _tensors.check((self._dtype, self._sample_shape, self._device), item, signature)
-        return samples, nbytes
 
-    def _say_not_batched(self, item: Any) -> None:
+    # -- lanes (called by the LaneTable, under its lock) ----------------------------------
+
+    def _make_lane(self, signature: tuple[Any, ...]) -> Lane:
+        kind = signature[0]
+        if kind == GENERIC:
+            return Lane(signature, GENERIC, key=signature[1])
+        if kind == TENSOR:
+            return Lane(signature, TENSOR, signature[1], signature[2], signature[3], signature[4])
+        if kind == PADDED:
+            pad_element(self._config.pad_value, signature[1])  # a pad value the dtype cannot hold fails here
+        return Lane(signature, kind, signature[1], signature[2], key=signature[3])
+
+    def lane_opened(self, lane: Lane, queue: Any) -> None:
+        """A lane just opened (its queue lane is empty and known to nobody else yet)."""
+        if (lane.kind == ARRAY and self._row is None and lane.key is None and len(lane.sample_shape) == 1
+              and self.put_row is not None and not (
+                  self._max_bytes and lane.sample_shape[0] * lane.dtype.itemsize > self._max_bytes)):
+            # Rows of this lane now take the queue's C fast path (put_row), unless one
+            # row alone would exceed the byte budget.
+            queue.set_row_schema(lane.dtype, lane.sample_shape, lane.index)
+            self._row = (lane, lane.dtype, lane.sample_shape)
+
+    def _first_generic(self, item: Any) -> None:
         """Once per run: items that are not numpy arrays each get their own call."""
+        with self._say_lock:
+            if self._said_generic:
+                return
+            self._said_generic = True
+        if self._config.batch_generic_items:
+            return
         kind = type(item)
         hint = (" It offers __array__: pass np.asarray(item) to have it batched."
                 if hasattr(item, "__array__") else "")
@@ -267,17 +289,3 @@ class Intake:
                        "each is processed by its own call of the batch function (on max_workers=%d "
                        "threads).%s Set batch_generic_items=True to receive them as one list instead.",
                        self.name, kind.__module__, kind.__qualname__, self._config.max_workers, hint)
-
-    def _fix_schema(self, item: Any, sample_shape: tuple[int, ...]) -> None:
-        with self._lock:
-            if self._kind is not None:
-                return
-            self._dtype, self._sample_shape = item.dtype, sample_shape
-            self._row_shape = sample_shape if len(sample_shape) == 1 else None
-            self._kind = "array"
-            queue = self.queue
-            # Rows of this schema now take the queue's C fast path (put_row), unless one
-            # row alone would exceed the byte budget.
-            if (queue is not None and self._row_shape is not None and not (
-                    self._max_bytes and sample_shape[0] * item.dtype.itemsize > self._max_bytes)):
-                queue.set_row_schema(item.dtype, self._row_shape)

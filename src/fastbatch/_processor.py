@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
 import numpy as np
@@ -188,7 +188,8 @@ class BatchProcessor(Generic[T, R]):
     # -- intake ---------------------------------------------------------------------------
 
     def enqueue(self, item: T, timeout: float | None = None,
-                priority: BatchPriority | int = _DEFAULT, deadline: float | None = None) -> None:
+                priority: BatchPriority | int = _DEFAULT, deadline: float | None = None,
+                key: Hashable | None = None) -> None:
         """Queue ``item`` for processing without a future (errors are logged and counted).
 
         Args:
@@ -200,27 +201,31 @@ class BatchProcessor(Generic[T, R]):
             deadline: seconds the item may wait in the queue (default: the config's
                 ``default_deadline``); past it the item is dropped before its batch forms
                 and, from ``enqueue_predict``, its future fails with ``ItemExpiredError``.
+            key: any hashable (a model name, a tenant): batches never mix items of
+                different keys, and a batch function with a ``key`` parameter receives
+                its batch's key (None when the items were given none).
 
         Raises:
-            QueueFullError: the queue stayed full for ``timeout`` seconds.
+            QueueFullError: the queue stayed full for ``timeout`` seconds
+                (``TooManyLanesError``: the item would open a lane past ``max_lanes``).
             ProcessorStoppedError: the processor is not running.
-            TypeError, ValueError, BatchShapeError, BatchDtypeError: a bad item, timeout
-                or priority (the message names the problem).
+            TypeError, ValueError, BatchDtypeError: a bad item, timeout, priority or key
+                (the message names the problem).
         """
         intake = self._intake
         put_row = intake.put_row
         try:
             # The common call costs one C call (Intake.put_row); anything else, put().
             if (put_row is not None and timeout is None and priority is _DEFAULT and deadline is None
-                    and put_row(item, None, None)):
+                    and key is None and put_row(item, None, None)):
                 return
         except QueueClosedError:
             pass  # put() raises the error that says why
-        intake.put(item, None, timeout, priority, deadline)
+        intake.put(item, None, timeout, priority, deadline, key)
 
     def enqueue_predict(self, item: T, timeout: float | None = None,
                         priority: BatchPriority | int = _DEFAULT,
-                        deadline: float | None = None) -> BatchFuture[R]:
+                        deadline: float | None = None, key: Hashable | None = None) -> BatchFuture[R]:
         """Queue ``item`` and return a future of its result (its rows of the batch result).
 
         Arguments as for :meth:`enqueue`. A full queue gives a future failed with
@@ -228,7 +233,7 @@ class BatchProcessor(Generic[T, R]):
 
         Raises:
             ProcessorStoppedError: the processor is not running.
-            TypeError, ValueError, BatchShapeError, BatchDtypeError: as for ``enqueue``.
+            TypeError, ValueError, BatchDtypeError: as for ``enqueue``.
         """
         intake = self._intake
         future: BatchFuture[R] = BatchFuture(intake.run)
@@ -237,11 +242,11 @@ class BatchProcessor(Generic[T, R]):
             try:
                 # The common call costs one C call (Intake.put_row); anything else, put().
                 if (put_row is not None and timeout is None and priority is _DEFAULT and deadline is None
-                        and put_row(item, future, None)):
+                        and key is None and put_row(item, future, None)):
                     return future
             except QueueClosedError:
                 pass  # put() raises the error that says why
-            intake.put(item, future, timeout, priority, deadline)
+            intake.put(item, future, timeout, priority, deadline, key)
         except QueueFullError as exc:
             if self.config.raise_on_queue_full:
                 raise
@@ -295,6 +300,7 @@ class BatchProcessor(Generic[T, R]):
             total_refused=counts["refused"],
             total_expired=counts["expired"],
             arrival_rate=arrival_rate,
+            padding_ratio=counts["pad_positions"] / counts["real_positions"] if counts["real_positions"] else 0.0,
             core=_backend.NAME,
         )
         return stats
@@ -326,7 +332,7 @@ class BatchProcessor(Generic[T, R]):
 
     async def enqueue_async(self, item: T, timeout: float | None = None,
                             priority: BatchPriority | int = _DEFAULT,
-                            deadline: float | None = None) -> R:
+                            deadline: float | None = None, key: Hashable | None = None) -> R:
         """Queue ``item`` and await its result without ever blocking the event loop.
 
         A full queue is waited out with ``asyncio.sleep`` back-off, not a blocking put.
@@ -340,6 +346,7 @@ class BatchProcessor(Generic[T, R]):
             priority: a ``BatchPriority``.
             deadline: seconds the item may wait in the queue once queued, as for
                 :meth:`enqueue` (``ItemExpiredError`` past it).
+            key: the item's lane key, as for :meth:`enqueue`.
 
         Returns:
             The item's result (its rows of the batch result).
@@ -348,12 +355,13 @@ class BatchProcessor(Generic[T, R]):
             QueueFullError: the queue stayed full for ``timeout`` seconds (whatever
                 ``raise_on_queue_full`` says: there is no future to hand back).
             ProcessorStoppedError: the processor is not running, or stopped first.
-            TypeError, ValueError, BatchShapeError, BatchDtypeError: as for ``enqueue``.
+            TypeError, ValueError, BatchDtypeError: as for ``enqueue``.
             BaseException: what the batch function raised for the item's batch.
         """
         from ._aio import enqueue_async  # asyncio is imported only by those who use it
 
-        return await enqueue_async(self, item, priority=priority, timeout=timeout, deadline=deadline)
+        return await enqueue_async(self, item, priority=priority, timeout=timeout, deadline=deadline,
+                                   key=key)
 
     def _forget_after_fork(self) -> None:
         """In a forked child: the parent's threads are gone and any lock may be held."""

@@ -168,6 +168,11 @@ def check_sequence(result: Any, samples: int) -> None:
     _check_length(result, samples)
 
 
+def check_rows(result: Any, samples: int) -> None:
+    """The result must have one entry per sample (``BatchAssembler.split``'s rule)."""
+    _check_length(result, samples)
+
+
 def _check_length(result: Any, samples: int) -> None:
     """The result must have one entry per sample (``BatchAssembler.split``'s rule)."""
     try:

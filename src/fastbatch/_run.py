@@ -66,9 +66,6 @@ class Run:
         self._forked = False
         self._done = threading.Event()  # set once the helpers are stopped
         self.abort = threading.Event()  # past the stop deadline: give up on the queue
-        # "tensor" once the intake fixed the run's items to torch tensors (set once, before
-        # the first such item is queued; read by the worker).
-        self.item_kind: str | None = None
         self.abandoned = 0  # items failed because the stop deadline passed (under _lock)
         # Threads that run the batch function (worker, per-item threads) and the others
         # the run started; identity by object, never by name.
@@ -76,7 +73,8 @@ class Run:
         self.helper_threads: set[threading.Thread] = set()
         # First: it checks ``loop`` before any thread starts.
         self.call = BatchCall(func, loop, name, self.abort, self.batch_threads)
-        self.queue: Any = _backend.RequestQueue(config.max_queue_size, config.enable_priority_queue)
+        self.queue: Any = _backend.RequestQueue(config.max_queue_size, config.enable_priority_queue,
+                                                     config.max_lanes)
         if paused:
             self.queue.pause()
         self.callbacks = CallbackRunner(name, self.helper_threads)

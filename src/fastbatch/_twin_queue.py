@@ -39,7 +39,7 @@ def _wait(cond: threading.Condition, seconds: float | None) -> None:
 class _Lane:
     """The requests of one lane, and the tag that names what they are."""
 
-    __slots__ = ("bytes", "lingerers", "pinned", "queue", "samples", "tag")
+    __slots__ = ("bytes", "lingerers", "passed_before", "pinned", "queue", "samples", "tag")
 
     def __init__(self, prioritized: bool, tag: object) -> None:
         self.queue: Any = [] if prioritized else deque()
@@ -47,6 +47,7 @@ class _Lane:
         self.tag = tag
         self.pinned = False
         self.lingerers = 0  # consumers filling a batch from this lane: not reassigned
+        self.passed_before = 0  # bucketed takes: requests with seq below this were passed over
 
 
 class RequestQueue:
@@ -320,15 +321,16 @@ class RequestQueue:
 
     def take_batch(
         self, max_samples: int, max_bytes: int = 0, linger: float = 0.0,
-        timeout: float | None = None, tagged: bool = False,
+        timeout: float | None = None, tagged: bool = False, bucket: bool = False,
     ) -> tuple[Any, ...] | None:  # fmt: skip
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
 
         Waits (up to ``timeout``) for a request while the queue is empty or paused; takes
         the head request whatever its size; then keeps taking the head requests of its
         lane while they fit in ``max_samples`` (and ``max_bytes`` when > 0), waiting for
-        more until the head request's enqueue time + ``linger`` seconds. ``_core.pyi`` has
-        every rule.
+        more until the head request's enqueue time + ``linger`` seconds. With ``bucket``,
+        it fills the batch, once the lane can fill it or the wait is over, with the lane's
+        requests closest in size to the head request. ``_core.pyi`` has every rule.
 
         Returns:
             The batch (with ``tagged``, its lane's tag as a fourth element), or ``None``
@@ -367,6 +369,7 @@ class RequestQueue:
             lane.samples -= samples
             lane.bytes -= nbytes
             items, futures, stamps = [item], [future], [stamp]
+            nbytes_first = nbytes
             room = max_samples - samples
             byte_room = max_bytes - nbytes if max_bytes else None
             deadline = None if linger_ns is None else stamp + linger_ns
@@ -375,7 +378,16 @@ class RequestQueue:
             while room > 0 and (byte_room is None or byte_room > 0):
                 if lane.tag is not tag:
                     break  # reassigned meanwhile: its requests are not this batch's
-                if queue:
+                if bucket and queue:
+                    # Choose only once the lane can fill the batch, or the wait is over.
+                    if (lane.samples >= room or (byte_room is not None and lane.bytes >= byte_room)
+                            or self._closed or (deadline is not None and monotonic_ns() >= deadline)):
+                        for record in self._take_closest(lane, room, byte_room, nbytes_first):
+                            items.append(record[0])
+                            futures.append(record[1])
+                            stamps.append(record[4])
+                        break
+                elif queue:
                     record = queue[0][2] if prioritized else queue[0]
                     samples, nbytes = record[2], record[3]
                     if samples > room or (byte_room is not None and nbytes > byte_room):
@@ -424,6 +436,42 @@ class RequestQueue:
         if tagged:
             return items, futures, np.array(stamps, dtype=np.int64), tag
         return items, futures, np.array(stamps, dtype=np.int64)
+
+    def _take_closest(self, lane: _Lane, room: int, byte_room: int | None, target: int) -> list[Any]:
+        # Called with the lock held: remove and return, in queue order, the requests of
+        # ``lane`` closest in nbytes to ``target`` that fit the room, those passed over
+        # by an earlier bucketed take first.
+        prioritized = self._prioritized
+        records = [e[2] for e in lane.queue] if prioritized else list(lane.queue)
+        passed = lane.passed_before
+        order = sorted(records, key=lambda r: (0 if r[7] < passed else 1, abs(r[3] - target), r[6], r[7]))
+        chosen = []
+        for r in order:
+            if room <= 0 or (byte_room is not None and byte_room <= 0):
+                break
+            if r[2] <= room and (byte_room is None or r[3] <= byte_room):
+                chosen.append(r)
+                room -= r[2]
+                if byte_room is not None:
+                    byte_room -= r[3]
+        taken = {r[7] for r in chosen}
+        rest = [r for r in records if r[7] not in taken]
+        lane.queue.clear()
+        if prioritized:
+            lane.queue.extend((r[6], r[7], r) for r in rest)
+            heapq.heapify(lane.queue)
+        else:
+            lane.queue.extend(rest)
+        for r in chosen:
+            self._count -= 1
+            self._samples -= r[2]
+            self._bytes -= r[3]
+            lane.samples -= r[2]
+            lane.bytes -= r[3]
+        if records:
+            lane.passed_before = max(lane.passed_before, max(r[7] for r in records) + 1)
+        chosen.sort(key=lambda r: (r[6], r[7]))
+        return chosen
 
     def _head_lane(self) -> _Lane:
         # Called with the lock held and a request queued: the lane of the head request.

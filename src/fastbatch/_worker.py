@@ -11,6 +11,7 @@ sees every taken item either in the batch or not taken at all.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import gc
 import logging
 import threading
@@ -20,12 +21,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _backend, _tensors
+from . import _backend, _padded, _tensors
 from ._adaptive import BatchSizer
 from ._config import BatchProcessorConfig
 from ._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
                       ResultMismatchError)
 from ._future import add_note, fail_futures, forget_notes, resolve_batch, start_batch
+from ._lanes import ARRAY, PADDED, TENSOR, Lane
 from ._results import check_result, check_sequence, split_result
 from ._stats import BatchStats
 from ._threads import ItemPool
@@ -39,7 +41,7 @@ _SAME_FAILURE_LEVELS = 3
 class Worker:
     """Runs batches until the run's queue is closed and empty, or the run is abandoned."""
 
-    def __init__(self, run: Any, config: BatchProcessorConfig, func: Callable[[Any], Any],
+    def __init__(self, run: Any, config: BatchProcessorConfig, func: Callable[..., Any],
                  sizer: BatchSizer, stats: BatchStats) -> None:
         self.run = run
         self.name = run.name
@@ -61,6 +63,9 @@ class Worker:
         self._overran = False  # a per-item call outlived item_timeout
         self._batches_since_gc = 0
         self._samples = 0  # samples of the batch being run
+        self._key: Any = None  # the key of the batch being run
+        # Variable-length batches: padded and real positions along the first axis.
+        self._padding = self._positions = 0
         self.thread = threading.Thread(target=self._run, name=f"fastbatch-worker-{self.name}", daemon=True)
 
     # -- loop ---------------------------------------------------------------------------
@@ -92,18 +97,19 @@ class Worker:
         queue = self.queue
         interval_ns = int(cfg.min_batch_interval * 1e9)
         last_start_ns = 0
+        bucket = cfg.bucket_by_length
         while not self.abort.is_set():
             if interval_ns and last_start_ns:
                 wait_s = (last_start_ns + interval_ns - _backend.monotonic_ns()) / 1e9
                 if wait_s > 0 and self.abort.wait(wait_s):
                     break
             try:
-                got = queue.take_batch(self.sizer.size, self.max_bytes, cfg.batch_timeout, None)
+                got = queue.take_batch(self.sizer.size, self.max_bytes, cfg.batch_timeout, None, True, bucket)
             except QueueClosedError:
                 break
             if got is None:  # pragma: no cover - timeout=None never returns None
                 continue
-            items, futures, enqueue_ns = got
+            items, futures, enqueue_ns, lane = got
             del got  # the loop must hold no item while it waits for the next batch
             start_ns = last_start_ns = _backend.monotonic_ns()
             self.counters.add(in_flight=len(items))
@@ -119,12 +125,12 @@ class Worker:
                     enqueue_ns = enqueue_ns[keep]
                 self.inflight = futures
             if items:
-                failures = self._run_batch(items, futures, enqueue_ns, start_ns, len(queue))
+                failures = self._run_batch(items, futures, enqueue_ns, start_ns, len(queue), lane)
                 for exc in failures:
                     _release_frames(exc)
                 del failures
             self.inflight = []
-            del items, futures, enqueue_ns
+            del items, futures, enqueue_ns, lane
 
     def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> int:
         """Fail items that will never run (thread-safe), counting each outcome once.
@@ -144,17 +150,22 @@ class Worker:
                                       taken=taken, leaving=True)
 
     def _run_batch(self, items: list[Any], futures: list[Any], enqueue_ns: npt.NDArray[Any],
-                   start_ns: int, queue_length: int) -> list[BaseException]:
-        """Run one batch; returns the exceptions its items failed with."""
+                   start_ns: int, queue_length: int, lane: Lane) -> list[BaseException]:
+        """Run one batch (the items of one lane); returns the exceptions its items failed with."""
         # Items from enqueue() carry no future: such a batch needs no result split.
         with_futures = futures.count(None) != len(futures)
         self.batch_started_ns = start_ns
         samples = len(items)
         calls = 1  # calls of the batch function this batch stands for
+        kind = lane.kind
+        self._key = lane.key
+        self._padding = self._positions = 0
         try:
-            if isinstance(items[0], np.ndarray):
+            if kind == ARRAY:
                 results, errors, samples = self._array_batch(items, with_futures)
-            elif self.run.item_kind == "tensor":
+            elif kind == PADDED:
+                results, errors = self._run_isolated(self._run_padded, items, with_futures)
+            elif kind == TENSOR:
                 self._samples = len(items)
                 results, errors = self._run_isolated(self._run_tensors, items, with_futures)
                 samples = self._samples
@@ -173,12 +184,16 @@ class Worker:
         # future changes (futures stop() failed meanwhile are not counted twice).
         without = futures.count(None)
         no_future_failed = sum(1 for i in errors if futures[i] is None) if errors else 0
-        self.counters.add(batches=calls, samples=samples if len(errors) < len(items) else 0,
+        ran = len(errors) < len(items)
+        self.counters.add(batches=calls, samples=samples if ran else 0,
+                          pad_positions=self._padding if ran else 0,
+                          real_positions=self._positions if ran else 0,
                           processed=without - no_future_failed, failed=no_future_failed,
                           in_flight=-without)
         if calls == 1:
             self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=samples,
                                     queue_length=queue_length, enqueue_ns=enqueue_ns)
+
         else:  # statistics never show a batch that was not one call
             for i in range(calls):
                 self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=1,
@@ -240,7 +255,7 @@ class Worker:
         n = len(batch)
         if whole:
             self._samples = n
-        result = self._call_with_retries(batch, n) if whole else self.func(batch)
+        result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
         del batch  # our reference must not keep the assembler from reusing its buffer
         if split:
             rows: list[Any] = split_result(self.assembler, result, n)
@@ -255,14 +270,30 @@ class Worker:
         n = len(batch)
         if whole:
             self._samples = n
-        result = self._call_with_retries(batch, n) if whole else self.func(batch)
+        result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
         del batch
         rows = _tensors.split(result, part, n)
         return rows if split else None
 
+    def _run_padded(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any] | None:
+        whole = hi - lo == len(items)
+        batch = _padded.assemble(items if whole else items[lo:hi], self.config.pad_value)
+        n = len(batch)
+        if whole:
+            self._positions = int(batch.lengths.sum())
+            self._padding = batch.mask.size - self._positions
+        splitter = _padded.PaddedSplit(batch.lengths, self.config.trim_results)
+        result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
+        del batch
+        if split:
+            rows: list[Any] = split_result(splitter, result, n)
+            return rows
+        check_result(result, n)
+        return None
+
     def _run_list(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any]:
         part = items if hi - lo == len(items) else items[lo:hi]
-        result = self._call_with_retries(part, len(part)) if part is items else self.func(part)
+        result = self._call_with_retries(part, len(part), self._key) if part is items else self.func(part, self._key)
         check_sequence(result, len(part))
         return list(result)
 
@@ -334,7 +365,8 @@ class Worker:
         """The classic behaviour for non-array items: one call each on ``max_workers`` threads."""
         if self._pool is None:
             self._pool = ItemPool(self.name, self.config.max_workers, self.run.batch_threads)
-        calls = [self._pool.submit(self._call_with_retries, item) for item in items]
+        run_one = functools.partial(self._call_with_retries, samples=1, key=self._key)
+        calls = [self._pool.submit(run_one, item) for item in items]
         concurrent.futures.wait(calls, timeout=self.config.item_timeout)
         results: list[Any] = [None] * len(items)
         errors: dict[int, BaseException] = {}
@@ -352,13 +384,13 @@ class Worker:
                     f"the batch function took longer than item_timeout={self.config.item_timeout}s")
         return results, errors
 
-    def _call_with_retries(self, arg: Any, samples: int = 1) -> Any:
+    def _call_with_retries(self, arg: Any, samples: int = 1, key: Any = None) -> Any:
         cfg = self.config
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self.func(arg)
+                return self.func(arg, key)
             except Exception as exc:
                 self.counters.add(batch_errors=1)
                 if attempt == 1:

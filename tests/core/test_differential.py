@@ -254,13 +254,13 @@ class QueueMachine(RuleBasedStateMachine):
             assert_same_outcome(c, p, what)
 
     @rule(max_samples=MAX_SAMPLES, max_bytes=MAX_BYTES, linger=LINGERS, timeout=TAKE_TIMEOUTS,
-          tagged=st.booleans())
+          tagged=st.booleans(), bucket=st.booleans())
     def take_batch(self, max_samples: Any, max_bytes: Any, linger: Any, timeout: Any,
-                   tagged: bool) -> None:
+                   tagged: bool, bucket: bool) -> None:
         self._compare_batches(
             f"take_batch({max_samples!r}, max_bytes={max_bytes!r}, linger={linger!r}, "
-            f"timeout={timeout!r}, tagged={tagged})",
-            lambda i: self.queues[i].take_batch(max_samples, max_bytes, linger, timeout, tagged))
+            f"timeout={timeout!r}, tagged={tagged}, bucket={bucket})",
+            lambda i: self.queues[i].take_batch(max_samples, max_bytes, linger, timeout, tagged, bucket))
 
     @rule()
     def drain(self) -> None:

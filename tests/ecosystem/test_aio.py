@@ -237,8 +237,11 @@ def test_bad_item_is_refused_at_the_call(make_processor: Any) -> None:
 
     async def main() -> None:
         await p.enqueue_async(row(1))
-        with pytest.raises(fastbatch.BatchShapeError):
-            await p.enqueue_async(row(1, width=4))
+        with pytest.raises(ValueError, match="0-d array"):
+            await p.enqueue_async(np.array(1.0))
+        with pytest.raises(TypeError, match="key must be hashable"):
+            await p.enqueue_async(row(1), key=["not", "hashable"])
+        assert (await p.enqueue_async(row(1, width=4))).shape == (4,)  # another lane, no error
 
     asyncio.run(main())
 

@@ -205,7 +205,7 @@ def test_identity_and_signature() -> None:
     fn = fastbatch.batch(double)
     assert (fn.__name__, fn.__doc__, fn.func) == ("double", "Doubles a batch.", double)
     assert fn.processor.name == "double"
-    assert list(inspect.signature(fn).parameters) == ["item", "timeout", "priority"]
+    assert list(inspect.signature(fn).parameters) == ["item", "timeout", "priority", "key"]
     assert fastbatch.batch(name="mlp")(double).processor.name == "mlp"
 
 
