@@ -266,8 +266,10 @@ class Intake:
 
     def lane_opened(self, lane: Lane, queue: Any) -> None:
         """A lane just opened (its queue lane is empty and known to nobody else yet)."""
+        # The row lane stays pinned for the run: with a single lane allowed, it would
+        # keep every other signature out for good.
         if (lane.kind == ARRAY and self._row is None and lane.key is None and len(lane.sample_shape) == 1
-              and self.put_row is not None and not (
+              and self.put_row is not None and self._config.max_lanes > 1 and not (
                   self._max_bytes and lane.sample_shape[0] * lane.dtype.itemsize > self._max_bytes)):
             # Rows of this lane now take the queue's C fast path (put_row), unless one
             # row alone would exceed the byte budget.

@@ -120,14 +120,19 @@ def test_max_lanes_refuses_a_new_shape_while_every_lane_holds_items(make_process
 def test_raise_on_queue_full_raises_too_many_lanes(make_processor):
     processor = make_processor(lambda b: b, max_lanes=1, raise_on_queue_full=True)
     processor.pause()
-    processor.enqueue_predict(np.ones(2))
+    first = processor.enqueue_predict(np.ones(2))
     with pytest.raises(fastbatch.TooManyLanesError):
         processor.enqueue_predict(np.ones(3))
-    with pytest.raises(fastbatch.QueueFullError):  # a subclass: seed code catching queue.Full works
+    with pytest.raises(fastbatch.QueueFullError):  # a subclass: code catching queue.Full works
         processor.enqueue_predict(np.ones(3, np.int32))
+    processor.resume()
+    first.result(5)
+    # The one lane is free again (a single lane is never kept for the rows' fast path).
+    assert processor.enqueue_predict(np.ones(3)).result(5).shape == (3,)
 
 
-def test_many_threads_many_shapes_every_result_its_own(make_processor):
+@pytest.mark.parametrize("queue_size", [0, 3])
+def test_many_threads_many_shapes_every_result_its_own(make_processor, queue_size):
     # More shapes than lanes, from several threads at once: lanes are recycled under
     # load, and no item ever lands in a batch of another shape.
     bad = []
@@ -137,7 +142,9 @@ def test_many_threads_many_shapes_every_result_its_own(make_processor):
             bad.append(batch.shape)
         return batch * 2
 
-    processor = make_processor(func, max_lanes=4, max_batch_size=8, batch_timeout=0.001, max_queue_size=0)
+    # A small queue makes puts wait for room while their lane is given to another shape.
+    processor = make_processor(func, max_lanes=4, max_batch_size=8, batch_timeout=0.001,
+                               max_queue_size=queue_size)
     errors = []
 
     def producer(seed):
