@@ -2,8 +2,8 @@
 
 ``enqueue``, ``enqueue_predict`` and ``enqueue_async`` all go through :meth:`Intake.put`.
 It checks the call's arguments (timeout, priority, deadline, key) and the item — array,
-tensor or other object, dtype, sample shape, byte budget — and puts it into the lane of
-its signature (``_lanes``); the cores just copy. The common case (a 1-D row of the first
+tensor, tuple or dict of arrays (several inputs), or other object; dtype, sample shape,
+byte budget — and puts it into the lane of its signature (``_lanes``); the cores just copy. The common case (a 1-D row of the first
 row lane, default priority, no deadline, no key) costs one C call: the queue's
 ``put_row`` checks the row itself.
 """
@@ -21,7 +21,7 @@ from . import _tensors
 from ._config import BatchPriority, BatchProcessorConfig
 from ._counters import Counters
 from ._errors import BatchDtypeError, LaneChangedError, ProcessorStoppedError, QueueClosedError, QueueFullError
-from ._lanes import ARRAY, GENERIC, PADDED, TENSOR, Lane, LaneTable
+from ._lanes import ARRAY, FIELDS, GENERIC, PADDED, PADDED_FIELDS, TENSOR, Lane, LaneTable
 from ._padding import pad_element
 
 #: The priority of a call that names none.
@@ -80,6 +80,10 @@ def check_key(key: Any) -> Any:
 
 def _shape(shape: tuple[int, ...]) -> str:
     return str(tuple(shape))
+
+
+def _field(name: Any, is_dict: bool) -> str:
+    return f"field {name!r}" if is_dict else f"field {name}"
 
 
 class Intake:
@@ -224,6 +228,10 @@ class Intake:
                 samples, nbytes, (dtype, sample_shape, device) = _tensors.describe(item)
                 self._check_bytes(nbytes)
                 return samples, nbytes, (TENSOR, dtype, sample_shape, device, key)
+            if isinstance(item, (tuple, dict)):
+                fields = self._describe_fields(item, key)
+                if fields is not None:
+                    return fields
             if not self._said_generic:
                 self._first_generic(item)
             return 1, 0, (GENERIC, key)
@@ -247,6 +255,57 @@ class Intake:
         self._check_bytes(item.nbytes)
         return int(samples), item.nbytes, (ARRAY, item.dtype, sample_shape, key)
 
+    def _describe_fields(self, item: tuple[Any, ...] | dict[Any, Any], key: Any
+                         ) -> tuple[int, int, tuple[Any, ...]] | None:
+        """``describe`` for a tuple or dict: several inputs when every field is an array,
+        None (a generic item) when none is."""
+        is_dict = isinstance(item, dict)
+        names: list[Any] = list(item) if is_dict else list(range(len(item)))
+        values: list[Any] = list(item.values()) if is_dict else list(item)  # type: ignore[union-attr]
+        container = "dict" if is_dict else "tuple"
+        arrays = [isinstance(v, _ndarray) for v in values]
+        if not any(arrays):
+            if not values:
+                raise ValueError(f"an empty {container} cannot be batched: several inputs need at least "
+                                 "one field (a numpy array)")
+            return None  # a tuple / dict of Python objects: a generic item, as always
+        if not all(arrays):
+            others = ", ".join(f"{_field(n, is_dict)} is {type(v).__name__}"
+                               for n, v, a in zip(names, values, arrays) if not a)
+            raise TypeError(f"a {container} of several inputs must hold only numpy arrays: {others} "
+                            "(convert with np.asarray, or enqueue no arrays at all for a generic item)")
+        per_field = []
+        counts = []
+        nbytes = 0
+        for name, a in zip(names, values):
+            what = _field(name, is_dict)
+            if a.ndim == 0:
+                raise ValueError(f"{what} is a 0-d array ({a!r}) and cannot be batched: pass a 1-D row "
+                                 "(x.reshape(1)) or an (n, ...) mini-batch")
+            if a.dtype.hasobject:
+                raise BatchDtypeError(f"{what} has dtype {a.dtype}, which cannot be batched: it holds "
+                                      "Python objects")
+            if self._variable:
+                if a.shape[0] == 0:
+                    raise ValueError(f"{what} has length 0 (shape {_shape(a.shape)}): variable-length "
+                                     "samples have at least one element on their first axis")
+                counts.append(1)
+            else:
+                counts.append(1 if a.ndim == 1 else int(a.shape[0]))
+            sample_shape = a.shape[1:] if self._variable or a.ndim > 1 else a.shape
+            per_field.append((name, a.dtype, sample_shape) if is_dict else (a.dtype, sample_shape))
+            nbytes += a.nbytes
+        samples = counts[0]
+        if any(c != samples for c in counts):
+            described = ", ".join(f"{_field(n, is_dict)} has {c}" for n, c in zip(names, counts))
+            raise ValueError(f"the fields of a {container} item must hold the same number of samples "
+                             f"(a 1-D field is one sample, an (n, ...) field n): {described}")
+        if samples == 0:
+            raise ValueError(f"a {container} of mini-batches of 0 samples cannot be batched")
+        self._check_bytes(nbytes)
+        kind = PADDED_FIELDS if self._variable else FIELDS
+        return samples, nbytes, (kind, container, tuple(per_field), key)
+
     def _check_bytes(self, nbytes: int) -> None:
         if self._max_bytes and nbytes > self._max_bytes:
             raise ValueError(f"item of {nbytes} bytes exceeds the batch byte budget "
@@ -260,6 +319,14 @@ class Intake:
             return Lane(signature, GENERIC, key=signature[1])
         if kind == TENSOR:
             return Lane(signature, TENSOR, signature[1], signature[2], signature[3], signature[4])
+        if kind == FIELDS or kind == PADDED_FIELDS:
+            container, per_field = signature[1], signature[2]
+            # (name, dtype, sample shape) per field; a tuple's fields are named by position.
+            fields = per_field if container == "dict" else tuple((i, *f) for i, f in enumerate(per_field))
+            if kind == PADDED_FIELDS:
+                for field in fields:
+                    pad_element(self._config.pad_value, field[1])
+            return Lane(signature, kind, key=signature[3], fields=fields, container=container)
         if kind == PADDED:
             pad_element(self._config.pad_value, signature[1])  # a pad value the dtype cannot hold fails here
         return Lane(signature, kind, signature[1], signature[2], key=signature[3])

@@ -1,9 +1,16 @@
 """Lanes: what the items of one batch have in common, and which queue lane holds them.
 
 A batch holds the items of one lane. An item's lane is its *signature*: its kind (numpy
-array, variable-length array, torch tensor, any other object), dtype, sample shape,
-device, and the caller's ``key`` (a model name, a tenant). So items that cannot be
+array, variable-length array, torch tensor, several inputs, any other object), dtype,
+sample shape, device, and the caller's ``key`` (a model name, a tenant). So items that cannot be
 stacked into one batch never meet, and items of different keys never share a call.
+
+An item of several inputs (a tuple or dict of arrays) has a signature per field:
+``(FIELDS, "tuple", ((dtype, sample_shape), ...), key)`` or
+``(FIELDS, "dict", ((name, dtype, sample_shape), ...), key)`` with the dict's keys in
+insertion order, so the same keys in another order are another lane (each batch function
+call sees the keys in the order its items have them). ``PADDED_FIELDS`` is the same for a
+``variable_length`` processor, with ``shape[1:]`` of each field as its sample shape.
 
 ``LaneTable`` gives each signature a lane of the run's queue. Lanes are few (``max_lanes``)
 and reused: a lane whose requests have all been taken can be given to a new signature.
@@ -22,21 +29,28 @@ from ._errors import TooManyLanesError
 
 #: The kinds of lane, each batched its own way by the worker.
 ARRAY, PADDED, TENSOR, GENERIC = "array", "padded", "tensor", "generic"
+#: Several inputs per item (a tuple or dict of arrays): fixed-shape and variable-length.
+FIELDS, PADDED_FIELDS = "fields", "padded_fields"
 
 
 class Lane:
     """The signature of a lane's items; the queue holds it as the lane's tag."""
 
-    __slots__ = ("device", "dtype", "index", "key", "kind", "sample_shape", "signature")
+    __slots__ = ("container", "device", "dtype", "fields", "index", "key", "kind", "sample_shape", "signature")
 
     def __init__(self, signature: tuple[Any, ...], kind: str, dtype: Any = None,
-                 sample_shape: tuple[int, ...] = (), device: Any = None, key: Any = None) -> None:
+                 sample_shape: tuple[int, ...] = (), device: Any = None, key: Any = None,
+                 fields: tuple[tuple[Any, Any, tuple[int, ...]], ...] = (), container: str = "") -> None:
+        """``fields`` and ``container`` (``"tuple"`` or ``"dict"``): the (name, dtype,
+        sample shape) of each input of a several-input lane, a tuple's named by position."""
         self.signature = signature
         self.kind = kind
         self.dtype = dtype
         self.sample_shape = sample_shape
         self.device = device
         self.key = key
+        self.fields = fields
+        self.container = container
         self.index = -1  # the queue lane, once opened
 
     def describe(self) -> str:
@@ -46,6 +60,13 @@ class Lane:
         elif self.kind == PADDED:
             what = f"variable-length arrays of dtype {self.dtype} and shape (L, {_dims(self.sample_shape)})" \
                 if self.sample_shape else f"variable-length arrays of dtype {self.dtype} and shape (L,)"
+        elif self.kind == FIELDS or self.kind == PADDED_FIELDS:
+            variable = self.kind == PADDED_FIELDS
+            named = self.container == "dict"
+            parts = ", ".join(_field_text(name, dtype, shape, named, variable)
+                              for name, dtype, shape in self.fields)
+            what = (f"{self.container}s of {len(self.fields)} {'variable-length ' * variable}arrays "
+                    f"({parts})")
         elif self.kind == TENSOR:
             what = (f"torch tensors of dtype {self.dtype}, sample shape {tuple(self.sample_shape)}, "
                     f"device {self.device}")
@@ -59,6 +80,11 @@ class Lane:
 
 def _dims(shape: tuple[int, ...]) -> str:
     return ", ".join(str(d) for d in shape)
+
+
+def _field_text(name: Any, dtype: Any, shape: tuple[int, ...], named: bool, variable: bool) -> str:
+    dims = (f"(L, {_dims(shape)})" if shape else "(L,)") if variable else str(tuple(shape))
+    return f"{name!r}: {dtype} {dims}" if named else f"{dtype} {dims}"
 
 
 class LaneTable:

@@ -27,7 +27,7 @@ from ._config import BatchProcessorConfig
 from ._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
                       ResultMismatchError)
 from ._future import add_note, fail_futures, forget_notes, resolve_batch, start_batch
-from ._lanes import ARRAY, PADDED, TENSOR, Lane
+from ._lanes import ARRAY, FIELDS, PADDED, PADDED_FIELDS, TENSOR, Lane
 from ._results import check_result, check_sequence, split_result
 from ._stats import BatchStats
 from ._threads import ItemPool
@@ -54,6 +54,9 @@ class Worker:
         self.abort = run.abort
         self.callbacks = run.callbacks
         self.assembler = _backend.BatchAssembler()
+        # Several inputs: one assembler per field position, made on first use.
+        self.field_assemblers: list[Any] = []
+        self._lane: Lane | None = None  # the lane of the batch being run
         self.max_bytes = config.max_batch_bytes
         # Read by the health monitor and stop(); written only here.
         self.batch_started_ns = 0
@@ -159,12 +162,19 @@ class Worker:
         calls = 1  # calls of the batch function this batch stands for
         kind = lane.kind
         self._key = lane.key
+        self._lane = lane
         self._padding = self._positions = 0
         try:
             if kind == ARRAY:
                 results, errors, samples = self._array_batch(items, with_futures)
             elif kind == PADDED:
                 results, errors = self._run_isolated(self._run_padded, items, with_futures)
+            elif kind == FIELDS:
+                self._samples = len(items)
+                results, errors = self._run_isolated(self._run_fields, items, with_futures)
+                samples = self._samples
+            elif kind == PADDED_FIELDS:
+                results, errors = self._run_isolated(self._run_padded_fields, items, with_futures)
             elif kind == TENSOR:
                 self._samples = len(items)
                 results, errors = self._run_isolated(self._run_tensors, items, with_futures)
@@ -178,6 +188,7 @@ class Worker:
             results, errors = None, dict.fromkeys(range(len(items)), _as_failure(exc))
         finally:
             self.batch_started_ns = 0
+            self._lane = None
         end_ns = _backend.monotonic_ns()
         # The batch is counted before any future learns its outcome, so that whoever
         # sees a result sees its batch in the statistics; each item is counted as its
@@ -283,6 +294,61 @@ class Worker:
             self._positions = int(batch.lengths.sum())
             self._padding = batch.mask.size - self._positions
         splitter = _padded.PaddedSplit(batch.lengths, self.config.trim_results)
+        result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
+        del batch
+        if split:
+            rows: list[Any] = split_result(splitter, result, n)
+            return rows
+        check_result(result, n)
+        return None
+
+    def _field_columns(self, part: list[Any]) -> list[list[Any]]:
+        """Per field of the current lane, the field's array of every item in ``part``."""
+        lane = self._lane
+        assert lane is not None
+        return [[item[name] for item in part] for name, _, _ in lane.fields]
+
+    def _as_container(self, batches: list[Any]) -> Any:
+        lane = self._lane
+        assert lane is not None
+        if lane.container == "dict":
+            return {name: b for (name, _, _), b in zip(lane.fields, batches)}
+        return tuple(batches)
+
+    def _run_fields(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any] | None:
+        whole = hi - lo == len(items)
+        columns = self._field_columns(items if whole else items[lo:hi])
+        assemblers = self.field_assemblers
+        while len(assemblers) < len(columns):
+            assemblers.append(_backend.BatchAssembler())
+        batch = self._as_container([a.assemble(c) for a, c in zip(assemblers, columns)])
+        del columns
+        n = len(next(iter(batch.values())) if isinstance(batch, dict) else batch[0])
+        if whole:
+            self._samples = n
+        result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
+        del batch  # our references must not keep the assemblers from reusing their buffers
+        if split:
+            # Every field of an item has the same sample count: the first field's rows split.
+            rows: list[Any] = split_result(assemblers[0], result, n)
+            return rows
+        check_result(result, n)
+        return None
+
+    def _run_padded_fields(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any] | None:
+        whole = hi - lo == len(items)
+        columns = self._field_columns(items if whole else items[lo:hi])
+        pad_value = self.config.pad_value
+        padded = [_padded.assemble(c, pad_value) for c in columns]
+        del columns
+        n = len(padded[0])
+        first = padded[0]
+        if whole:  # padding statistics and trim_results follow the first field
+            self._positions = int(first.lengths.sum())
+            self._padding = first.mask.size - self._positions
+        splitter = _padded.PaddedSplit(first.lengths, self.config.trim_results)
+        batch = self._as_container(padded)
+        del padded, first
         result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
         del batch
         if split:

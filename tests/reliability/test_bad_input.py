@@ -228,6 +228,14 @@ BAD_ITEMS = [
     pytest.param(np.array([None] * 10, dtype=object), fastbatch.BatchDtypeError, r"object", id="object"),
     pytest.param(np.zeros((0, 10)), ValueError, r"0 samples", id="empty-minibatch"),
     pytest.param(np.zeros((200, 10)), ValueError, r"bytes exceeds the batch byte budget", id="over-budget"),
+    # Several inputs (a tuple or dict of arrays): each refusal names the field.
+    pytest.param((), ValueError, r"empty tuple", id="empty-tuple"),
+    pytest.param((np.zeros(10), 1.0), TypeError, r"only numpy arrays: field 1 is float", id="tuple-mixed"),
+    pytest.param({"a": np.zeros(10), "b": np.zeros((2, 10))}, ValueError,
+                 r"same number of samples .*field 'a' has 1, field 'b' has 2", id="dict-unequal"),
+    pytest.param({"a": np.array(1.0)}, ValueError, r"field 'a' is a 0-d array", id="dict-0-d"),
+    pytest.param((np.zeros((100, 10)), np.zeros((100, 10))), ValueError, r"bytes exceeds the batch byte budget",
+                 id="tuple-over-budget"),
 ]
 
 
