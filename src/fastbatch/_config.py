@@ -177,6 +177,10 @@ class BatchProcessorConfig:
     """With ``variable_length``: a batch is formed from waiting items of similar length
     (the oldest item always goes, with those closest to its length), so that batches
     carry little padding."""
+    split_oversized: bool = True
+    """An ``(n, ...)`` item of more than ``max_batch_size`` samples is queued as parts of at
+    most ``max_batch_size`` (its future gets the parts' results joined); False: it runs
+    alone in a batch of its own, larger than ``max_batch_size``."""
     shutdown_timeout: float = 10.0
     """Seconds a ``with BatchProcessor(...)`` block's exit, and a running processor left at
     interpreter exit (or garbage-collected without ``stop()``), drain the queue before what
@@ -265,7 +269,7 @@ class BatchProcessorConfig:
                      "enable_memory_optimization", "enable_adaptive_batching",
                      "reduce_batch_on_failure", "debug_mode", "batch_generic_items",
                      "raise_on_queue_full", "isolate_failures", "variable_length", "trim_results",
-                     "bucket_by_length"):
+                     "bucket_by_length", "split_oversized"):
             _check_bool(name, getattr(self, name))
 
     @property

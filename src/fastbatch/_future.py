@@ -51,12 +51,14 @@ class _Failure:
 class _Extras:
     """The parts of a future that only waiters and callbacks need, made on first use."""
 
-    __slots__ = ("cond", "waiters", "callbacks")
+    __slots__ = ("cond", "waiters", "callbacks", "parts")
 
     def __init__(self) -> None:
         self.cond: threading.Condition | None = None
         self.waiters: list[Any] = []
         self.callbacks: list[Callable[[Any], object]] = []
+        # An item queued in parts: the parts' futures (which nobody else sees).
+        self.parts: list[BatchFuture[Any]] | None = None
 
 
 class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-arg]
@@ -158,11 +160,28 @@ class BatchFuture(concurrent.futures.Future, Generic[R]):  # type: ignore[type-a
         return f"<{type(self).__name__} at {id(self):#x} state={state.lower()}>"
 
     def cancel(self) -> bool:
-        """Cancel the item if its batch has not started; True if it is (now) cancelled."""
+        """Cancel the item if its batch has not started; True if it is (now) cancelled.
+
+        An item queued in parts is cancelled only while none of its parts has started,
+        all parts with it in one step (so no batch can start one of them meanwhile).
+        """
         outcome: list[bool] = []
-        if self._change(lambda f: _apply_cancel(f, outcome)) is not None:
+        x = self._x
+        parts = x.parts if x is not None else None
+        if parts is None:
+            changed = self._change(lambda f: _apply_cancel(f, outcome))
+        else:
+            changed = self._change(lambda f: _apply_cancel_parts(f, parts, outcome))
+        if changed is not None:
+            if parts is not None:
+                for part in parts:
+                    part._invoke_callbacks()
             self._invoke_callbacks()
         return outcome[0]
+
+    def split_into(self, parts: list[BatchFuture[Any]]) -> None:
+        """Make this the future of an item queued as ``parts`` (before anyone cancels it)."""
+        self._extras().parts = parts
 
     def cancelled(self) -> bool:
         return self._state in _CANCELLED
@@ -248,6 +267,19 @@ def _apply_cancel(f: BatchFuture[Any], outcome: list[bool]) -> str | None:
         return ""
     outcome.append(state in _CANCELLED)
     return None
+
+
+def _apply_cancel_parts(f: BatchFuture[Any], parts: list[BatchFuture[Any]], outcome: list[bool]) -> str | None:
+    # Under _LOCK: no part can start while we look. The parts are never waited on, so
+    # they have no condition to take first.
+    if f._state != PENDING or any(p._state != PENDING or p._cond_or_none() is not None for p in parts):
+        outcome.append(f._state in _CANCELLED)
+        return None
+    for p in parts:
+        p._state = CANCELLED
+    f._state = CANCELLED
+    outcome.append(True)
+    return ""
 
 
 def _apply_start(f: BatchFuture[Any]) -> str | None:

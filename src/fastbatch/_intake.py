@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _tensors
+from . import _backend, _split, _tensors
 from ._config import BatchPriority, BatchProcessorConfig
 from ._counters import Counters
 from ._errors import BatchDtypeError, LaneChangedError, ProcessorStoppedError, QueueClosedError, QueueFullError
@@ -100,6 +100,8 @@ class Intake:
         self._max_bytes = config.max_batch_bytes
         self._default_deadline = config.default_deadline
         self._variable = config.variable_length
+        # Items of more samples than this are queued in parts (0: never split).
+        self._split_above = config.max_batch_size if config.split_oversized else 0
         self.queue: Any = None  # the current run's queue; None before the first start
         self.run: Any = None
         # (queue, run, lanes) of the current run, read at once by a put: a put racing a
@@ -176,6 +178,8 @@ class Intake:
             lane, samples, nbytes = row[0], 1, item.nbytes
         else:
             samples, nbytes, signature = self.describe(item, key)
+            if samples > self._split_above > 0 and signature[0] in _split.SPLITTABLE:
+                return self._put_parts(item, future, samples, timeout, prio, deadline, key)
         target = self._target
         if target is None:
             raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running{self.not_running_hint}: "
@@ -199,6 +203,36 @@ class Intake:
             raise
         if deadline is not None:
             run.reaper.add(future, deadline)
+        return future
+
+    def _put_parts(self, item: Any, future: Any, samples: int, timeout: float | None, prio: int,
+                   deadline: float | None, key: Any) -> Any:
+        """Queue an item larger than a batch as parts, each with a future joined into ``future``.
+
+        All parts are queued or none: a part refused (queue full, stopped) cancels those
+        already queued and the error goes to the caller, as for an item that is not split.
+        """
+        target = self._target
+        if target is None:
+            raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running{self.not_running_hint}: "
+                                        "call start() first")
+        run = target[1]
+        if future is None:
+            future = run.new_future()
+            future.add_done_callback(_split.log_failure(self.name))
+        # One timeout for the whole item, not one per part.
+        end = None if timeout is None else _backend.monotonic_ns() + timeout * 1e9
+        children: list[Any] = []
+        try:
+            for part in _split.parts(item, samples, self._split_above):
+                child = run.new_future()
+                left = None if end is None else max(0.0, (end - _backend.monotonic_ns()) / 1e9)
+                self._put(part, child, left, prio, deadline, key)
+                children.append(child)
+        except BaseException:
+            _split.cancel(children)
+            raise
+        _split.Joined(future, children).attach()
         return future
 
     def stopped_error(self) -> ProcessorStoppedError:

@@ -189,18 +189,19 @@ def test_deadline_counts_from_first_item(make_processor, gate):
     assert [len(b) for b in gate.batches] == [1]
 
 
-def test_large_mini_batch_is_never_split(make_processor, gate):
+@pytest.mark.parametrize("split, sizes", [(False, [1, 5, 20]), (True, [1, 5, 8, 8, 4])])
+def test_a_mini_batch_never_straddles_a_batch_boundary(make_processor, gate, split, sizes):
     gate.hold()
     processor = make_processor(gate, max_batch_size=8, initial_batch_size=8, batch_timeout=0.0,
-                               processing_strategy="fixed")
+                               processing_strategy="fixed", split_oversized=split)
     processor.enqueue_predict(np.zeros((1, 2)))
     assert gate.entered.wait(5)
     small = processor.enqueue_predict(np.ones((5, 2)))
     big = processor.enqueue_predict(np.full((20, 2), 2.0))  # bigger than a whole batch
     gate.release.set()
-    assert big.result(timeout=10).shape == (20, 2)
+    np.testing.assert_array_equal(big.result(timeout=10), np.full((20, 2), 4.0))  # the gate doubles
     assert small.result(timeout=10).shape == (5, 2)
-    assert [len(b) for b in gate.batches] == [1, 5, 20]
+    assert [len(b) for b in gate.batches] == sizes
 
 
 def test_byte_budget_limits_batches(make_processor, gate):
