@@ -1,17 +1,15 @@
-"""Adaptive batch sizing: where the batch size goes after each batch.
+"""Batch sizing: where the batch size goes after each batch, and who plans the wait.
 
-The classic rule (ADAPTIVE): keep an exponential moving average of the batch processing
-time, call ``load = ema / batch_timeout``; shrink the size by 20 % above 0.8, grow it by
-20 % below 0.4, always within ``[min_batch_size, max_batch_size]``.
+ADAPTIVE: the size grows by 20 % while the function is fast next to ``batch_timeout``
+(the classic rule's growth) and whenever a full batch is already waiting (a backlog
+drains faster in bigger batches), always within ``[min_batch_size, max_batch_size]``. It
+never shrinks because the function is slow: the classic rule did (``load = EMA(batch
+time) / batch_timeout`` above 0.8), which reads every model slower than
+``batch_timeout`` as overloaded, raises the per-item cost by paying the fixed cost more
+often, and can collapse throughput. Failures and memory pressure still shrink it
+(``shrink``). When to release a batch is the ``WaitPolicy``'s (``_policy``).
 
-That rule alone is unstable under steady load: a slow function means a high load, the
-batch shrinks, the fixed per-call cost is paid more often, the function gets slower per
-item, and throughput collapses. So a batch may never shrink below the size that keeps up
-with the arrival rate: items arrive at ``rate`` samples/s, a batch of ``size`` takes
-``ema`` seconds, so while it runs ``rate * ema`` new samples arrive; the size must be at
-least that (plus 10 % headroom) or the queue grows without bound. And while a full batch
-is already waiting (a backlog), the size grows whatever the load: a backlog drains faster
-in bigger batches.
+BALANCED follows the backlog; FIXED and GREEDY keep their size.
 """
 
 from __future__ import annotations
@@ -20,11 +18,11 @@ import math
 import threading
 
 from ._config import BatchProcessingStrategy, BatchProcessorConfig
+from ._policy import WaitPolicy
 
 _ALPHA = 0.2  # EMA weight of the newest observation
-_SHRINK, _GROW = 0.8, 1.2
-_HIGH_LOAD, _LOW_LOAD = 0.8, 0.4
-_HEADROOM = 1.1
+_GROW = 1.2
+_LOW_LOAD = 0.4
 
 
 class BatchSizer:
@@ -39,6 +37,7 @@ class BatchSizer:
         self.strategy = config.effective_strategy
         self.min_size = config.min_batch_size
         self.max_size = config.max_batch_size
+        self.batch_timeout = config.batch_timeout  # read by the worker before each batch
         self._timeout_s = max(config.batch_timeout, 1e-3)
         self._lock = threading.Lock()
         self._size = config.max_batch_size if self.strategy is BatchProcessingStrategy.GREEDY else config.initial_batch_size
@@ -47,6 +46,9 @@ class BatchSizer:
         self._rate_seen = False
         self._last_take_s = math.nan
         self._last_backlog = 0
+        # Plans when each batch is released (ADAPTIVE only): learns the batch cost and
+        # how items arrive, across runs.
+        self.policy = WaitPolicy(config.batch_timeout) if self.strategy is BatchProcessingStrategy.ADAPTIVE else None
 
     @property
     def size(self) -> int:
@@ -59,6 +61,18 @@ class BatchSizer:
         if math.isnan(self.ema_processing_s):
             return 0.0
         return min(1.0, self.ema_processing_s / self._timeout_s)
+
+    def reconfigure(self, config: BatchProcessorConfig) -> None:
+        """New limits and timeout (``BatchProcessor.reconfigure``), from the next batch on."""
+        with self._lock:
+            self.min_size, self.max_size = config.min_batch_size, config.max_batch_size
+            if self.strategy is BatchProcessingStrategy.GREEDY:
+                self._size = self.max_size
+            self._size = max(self.min_size, min(self.max_size, self._size))
+            self.batch_timeout = config.batch_timeout
+            self._timeout_s = max(config.batch_timeout, 1e-3)
+            if self.policy is not None:
+                self.policy.set_timeout(config.batch_timeout)
 
     def set(self, size: int) -> int:
         """Set the size, clamped to ``[min, max]``; returns the size applied."""
@@ -97,15 +111,8 @@ class BatchSizer:
         load = self.ema_processing_s / self._timeout_s
         with self._lock:
             size = self._size
-            if backlog >= size:
-                # A full batch is already waiting: the queue is not keeping up, and
-                # smaller batches would only drain it more slowly.
-                size = max(size + 1, int(size * _GROW))
-            elif load > _HIGH_LOAD:
-                # Shrink, but never below the size that keeps up with arrivals: if the
-                # size is already below it, this grows the batch instead.
-                floor = math.ceil(self.arrival_rate * self.ema_processing_s * _HEADROOM)
-                size = max(int(size * _SHRINK), floor)
-            elif load < _LOW_LOAD:
+            if backlog >= size or load < _LOW_LOAD:
+                # A full batch is already waiting (smaller batches would drain it more
+                # slowly), or the function is fast: grow.
                 size = max(size + 1, int(size * _GROW))
             self._size = max(self.min_size, min(self.max_size, size))

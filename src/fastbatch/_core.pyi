@@ -133,6 +133,7 @@ class RequestQueue:
         timeout: float | None = None,
         tagged: bool = False,
         bucket: bool = False,
+        until_ns: int = 0,
     ) -> tuple[Any, ...] | None:
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order;
         with ``tagged``, ``(items, futures, enqueue_ns, tag)``, ``tag`` being the tag
@@ -144,7 +145,8 @@ class RequestQueue:
         2. Take the head request, always, even if its ``samples`` exceed ``max_samples``
            or its ``nbytes`` exceed ``max_bytes`` (a request is never split and never
            stuck). Its lane is the batch's lane. The batch deadline is that request's
-           enqueue time + ``linger`` seconds.
+           enqueue time + ``linger`` seconds, or ``until_ns`` (a ``monotonic_ns`` time;
+           0: none) when that is later and ``linger`` is not infinite.
         3. While the batch holds fewer than ``max_samples`` samples (and, when
            ``max_bytes > 0``, fewer than ``max_bytes`` bytes): if the head request of the
            batch's lane fits in the room left (samples and bytes) take it; if it does

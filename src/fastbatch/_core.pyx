@@ -209,6 +209,7 @@ cdef struct TakeState:
     int64_t max_samples
     int64_t max_bytes
     int64_t linger_ns       # -1: forever
+    int64_t until_ns        # 0, or fill until at least this monotonic time (ns)
     int64_t wait_deadline   # step 1 (timeout)
     int64_t signal_deadline # step 1: return ST_CHECK_SIGNALS after this
     # Progress, kept here so that the fast path can hand over to the waiting path.
@@ -755,6 +756,9 @@ cdef class RequestQueue:
                 t.samples = t.out[0].samples
                 t.nbytes = t.out[0].nbytes
                 t.batch_deadline = _after(t.out[0].enqueue_ns, t.linger_ns)
+                if t.until_ns > 0 and t.batch_deadline != FB_FOREVER and (
+                        t.batch_deadline == FB_NO_WAIT or t.batch_deadline < t.until_ns):
+                    t.batch_deadline = t.until_ns
                 t.stage = 3
         if status == ST_OK:
             # Step 3: fill up from the batch's lane to max_samples / max_bytes until the
@@ -1078,8 +1082,12 @@ cdef class RequestQueue:
                 msg.QUEUE_STAYED_FULL.format(capacity=self._capacity, timeout=timeout))
         raise MemoryError(msg.NO_MEMORY_QUEUE)
 
-    def take_batch(self, max_samples, max_bytes=0, linger=0.0, timeout=None, tagged=False, bucket=False):
+    def take_batch(self, max_samples, max_bytes=0, linger=0.0, timeout=None, tagged=False, bucket=False,
+                   until_ns=0):
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
+
+        ``until_ns`` (a ``monotonic_ns`` time, 0: none) lets the batch fill until then
+        even when the first request's linger is already over.
 
         With ``tagged``, ``(items, futures, enqueue_ns, tag)``: the tag of the batch's
         lane. With ``bucket``, the batch is filled with the requests of its lane closest
@@ -1100,6 +1108,9 @@ cdef class RequestQueue:
             raise TypeError(msg.NOT_A_REAL_NUMBER.format(name="linger", type="NoneType"))
         t.linger_ns = _seconds_to_ns(linger, "linger")
         t.wait_deadline = _deadline(_seconds_to_ns(timeout, "timeout"))
+        t.until_ns = _as_int64(until_ns, "until_ns")
+        if t.until_ns < 0:
+            raise ValueError(f"until_ns must be a monotonic_ns time >= 0, not {t.until_ns}")
         t.stage = 1
         t.n = 0
         t.lane = 0

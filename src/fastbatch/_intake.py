@@ -119,6 +119,11 @@ class Intake:
         self._said_generic = False
         self._say_lock = threading.Lock()
 
+    def reconfigure(self, config: BatchProcessorConfig) -> None:
+        """A new ``max_batch_size``: items larger than it are split from the next call on."""
+        self._config = config
+        self._split_above = config.max_batch_size if config.split_oversized else 0
+
     def attach(self, run: Any) -> None:
         """Route items to ``run``'s queue from now on, with lanes of its own."""
         self._row = None

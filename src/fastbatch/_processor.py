@@ -8,6 +8,7 @@ stop protocol, ``Intake`` (``_intake``) decides what a valid item is, ``Counters
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -84,6 +85,7 @@ class BatchProcessor(Generic[T, R]):
         self.sizer = BatchSizer(config)
         self._intake = Intake(self.name, config, self._counters)
         self._lock = threading.Lock()  # one start() or stop() transition at a time
+        self._reconfigure_lock = threading.Lock()  # one reconfigure() at a time
         self._run: Run | None = None
         self._finalizer: weakref.finalize | None = None  # type: ignore[type-arg]
         self._paused = False
@@ -275,6 +277,41 @@ class BatchProcessor(Generic[T, R]):
                          self.config.max_batch_size)
         return applied
 
+    def reconfigure(self, *, max_batch_size: int | None = None, min_batch_size: int | None = None,
+                    batch_timeout: float | None = None) -> BatchProcessorConfig:
+        """Change batch limits and timeout while running; they apply from the next batch.
+
+        A batch the worker has already begun to form (waiting for its first item, or
+        filling) keeps the limits it began with.
+
+        Validated as the config is (nothing changes when a value is refused). A new
+        ``max_batch_size`` alone moves ``min_batch_size`` and ``initial_batch_size`` into
+        range when they fall outside it; the current size is clamped into the new range.
+        The processor's ``config`` becomes a new object (the one given at construction is
+        left alone). Returns it.
+
+        Raises:
+            TypeError, ValueError: a value the config would refuse (the message names it).
+        """
+        given: dict[str, Any] = {k: v for k, v in (("max_batch_size", max_batch_size),
+                                                    ("min_batch_size", min_batch_size),
+                                                    ("batch_timeout", batch_timeout)) if v is not None}
+        BatchProcessorConfig(**given)  # each value alone: types and ranges, named in the error
+        with self._reconfigure_lock:
+            old = self.config
+            new_max = old.max_batch_size if max_batch_size is None else max_batch_size
+            new_min = min(old.min_batch_size, new_max) if min_batch_size is None else min_batch_size
+            new = dataclasses.replace(
+                old, max_batch_size=new_max, min_batch_size=new_min,
+                initial_batch_size=max(new_min, min(old.initial_batch_size, new_max)),
+                batch_timeout=old.batch_timeout if batch_timeout is None else batch_timeout)
+            self.config = new
+            self.sizer.reconfigure(new)
+            self._intake.reconfigure(new)
+        logger.debug("fastbatch %s: reconfigured %s", self.name,
+                     ", ".join(f"{k}={v!r}" for k, v in given.items()))
+        return new
+
     def get_stats(self) -> dict[str, Any]:
         """A snapshot of every statistic of the classic API, plus a few of ours (README)."""
         counts = self._counters.snapshot()
@@ -301,9 +338,19 @@ class BatchProcessor(Generic[T, R]):
             total_expired=counts["expired"],
             arrival_rate=arrival_rate,
             padding_ratio=counts["pad_positions"] / counts["real_positions"] if counts["real_positions"] else 0.0,
+            **self._policy_stats(),
             core=_backend.NAME,
         )
         return stats
+
+    def _policy_stats(self) -> dict[str, float]:
+        """What the ADAPTIVE policy believes (zeros before it has measured, or for others)."""
+        policy = self.sizer.policy
+        if policy is None or not policy.cost.fitted:
+            return {"policy_fixed_cost_ms": 0.0, "policy_per_sample_cost_ms": 0.0, "policy_wait_ms": 0.0}
+        return {"policy_fixed_cost_ms": policy.cost.fixed * 1e3,
+                "policy_per_sample_cost_ms": policy.cost.per_sample * 1e3,
+                "policy_wait_ms": policy.chosen_wait_s * 1e3 if policy.active else 0.0}
 
     def get_histograms(self) -> dict[str, Any]:
         """Cumulative histograms since creation, for exporters that aggregate across processes.

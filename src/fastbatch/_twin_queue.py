@@ -322,6 +322,7 @@ class RequestQueue:
     def take_batch(
         self, max_samples: int, max_bytes: int = 0, linger: float = 0.0,
         timeout: float | None = None, tagged: bool = False, bucket: bool = False,
+        until_ns: int = 0,
     ) -> tuple[Any, ...] | None:  # fmt: skip
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
 
@@ -350,6 +351,9 @@ class RequestQueue:
         linger_s = as_seconds("linger", linger)
         linger_ns = None if linger_s >= _LINGER_FOREVER else round(linger_s * 1e9)
         timeout = as_timeout(timeout)
+        until_ns = as_int64("until_ns", until_ns)
+        if until_ns < 0:
+            raise ValueError(f"until_ns must be a monotonic_ns time >= 0, not {until_ns}")
 
         with self._lock:
             prioritized = self._prioritized
@@ -373,6 +377,8 @@ class RequestQueue:
             room = max_samples - samples
             byte_room = max_bytes - nbytes if max_bytes else None
             deadline = None if linger_ns is None else stamp + linger_ns
+            if until_ns and deadline is not None and deadline < until_ns:
+                deadline = until_ns
             freed = 0  # slots already announced to waiting producers
             # Step 3: fill up.
             while room > 0 and (byte_room is None or byte_room > 0):

@@ -101,19 +101,32 @@ class Worker:
         interval_ns = int(cfg.min_batch_interval * 1e9)
         last_start_ns = 0
         bucket = cfg.bucket_by_length
+        policy = self.sizer.policy
         while not self.abort.is_set():
             if interval_ns and last_start_ns:
                 wait_s = (last_start_ns + interval_ns - _backend.monotonic_ns()) / 1e9
                 if wait_s > 0 and self.abort.wait(wait_s):
                     break
+            size = self.sizer.size
+            linger, until_ns = self.sizer.batch_timeout, 0
+            if policy is not None and policy.active:
+                try:
+                    linger, until_ns = policy.plan(_backend.monotonic_ns(), queue.queued_samples, size,
+                                                   self.sizer.arrival_rate)
+                except Exception:  # noqa: BLE001 - a planning bug must not stop the batches
+                    logger.exception("fastbatch %s: the batching policy failed; the classic rule "
+                                     "(wait batch_timeout from the first item) applies from now on", self.name)
+                    policy = self.sizer.policy = None
             try:
-                got = queue.take_batch(self.sizer.size, self.max_bytes, cfg.batch_timeout, None, True, bucket)
+                got = queue.take_batch(size, self.max_bytes, linger, None, True, bucket, until_ns)
             except QueueClosedError:
                 break
             if got is None:  # pragma: no cover - timeout=None never returns None
                 continue
             items, futures, enqueue_ns, lane = got
             del got  # the loop must hold no item while it waits for the next batch
+            if policy is not None:
+                policy.taken(enqueue_ns)
             start_ns = last_start_ns = _backend.monotonic_ns()
             self.counters.add(in_flight=len(items))
             with self.handoff:
@@ -223,6 +236,11 @@ class Worker:
                 futures = [f for i, f in enumerate(futures) if i not in errors]
                 results = [r for i, r in enumerate(results) if i not in errors]
             resolve_batch(futures, results, self.callbacks.submit, self.counters)
+        policy = self.sizer.policy
+        if policy is not None and calls == 1:
+            # Measured from when the results are out: a closed loop's callers come back then.
+            policy.observe(samples, (end_ns - start_ns) / 1e9, _backend.monotonic_ns(), len(items),
+                           self.sizer.ema_processing_s)
         if self.config.enable_memory_optimization:
             self._batches_since_gc += 1
             if self._batches_since_gc >= self.config.gc_batch_threshold:
