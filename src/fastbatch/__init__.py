@@ -19,6 +19,7 @@ from ._errors import (
     QueueFullError,
     ResultMismatchError,
     SelfWaitError,
+    OverloadedError,
     TooManyLanesError,
 )
 from ._future import BatchFuture
@@ -51,6 +52,7 @@ __all__ = [
     "QueueFullError",
     "ResultMismatchError",
     "SelfWaitError",
+    "OverloadedError",
     "TooManyLanesError",
     "__version__",
     "batch",

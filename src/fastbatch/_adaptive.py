@@ -74,6 +74,15 @@ class BatchSizer:
             if self.policy is not None:
                 self.policy.set_timeout(config.batch_timeout)
 
+    def predicted_latency_s(self, queued_samples: int, busy: bool) -> float:
+        """About how long a new item would take: the batches queued ahead of it and its
+        own, plus half of the one running when ``busy``, at the usual batch time (0.0
+        before the first batch)."""
+        batch_s = self.ema_processing_s
+        if math.isnan(batch_s):
+            return 0.0
+        return (-(-(queued_samples + 1) // self._size) + (0.5 if busy else 0.0)) * batch_s
+
     def set(self, size: int) -> int:
         """Set the size, clamped to ``[min, max]``; returns the size applied."""
         with self._lock:

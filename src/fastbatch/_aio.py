@@ -20,7 +20,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import BatchPriority
-from ._errors import QueueFullError
+from ._errors import OverloadedError, QueueFullError
 from ._future import BatchFuture
 from ._intake import DEFAULT_PRIORITY, check_timeout
 
@@ -68,6 +68,8 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
         try:
             intake.put(item, future, 0, priority, deadline, key)
             return future
+        except OverloadedError:
+            raise  # shed: waiting for room is not what a latency target asks for
         except QueueFullError:
             if timeout == 0:
                 raise
@@ -81,6 +83,8 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
                 try:
                     # One last try; a refusal here is the one total_refused counts.
                     intake.put(item, future, 0, priority, deadline, key)
+                except OverloadedError:
+                    raise
                 except QueueFullError:
                     raise QueueFullError(
                         f"the queue stayed full ({processor.config.max_queue_size} items) "
@@ -95,6 +99,8 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
             try:
                 intake.put(item, future, 0, priority, deadline, key)
                 return future
+            except OverloadedError:
+                raise
             except QueueFullError:
                 continue
 

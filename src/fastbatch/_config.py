@@ -177,6 +177,10 @@ class BatchProcessorConfig:
     """With ``variable_length``: a batch is formed from waiting items of similar length
     (the oldest item always goes, with those closest to its length), so that batches
     carry little padding."""
+    target_latency_ms: float | None = None
+    """A latency target per item: a new item that would wait longer than this (queued
+    batches ahead of it times the measured batch time) is refused at once with
+    ``OverloadedError`` instead of queueing. None: bounded by ``max_queue_size`` only."""
     split_oversized: bool = True
     """An ``(n, ...)`` item of more than ``max_batch_size`` samples is queued as parts of at
     most ``max_batch_size`` (its future gets the parts' results joined); False: it runs
@@ -240,6 +244,7 @@ class BatchProcessorConfig:
             _check_float(name, getattr(self, name), positive=True)
         _check_float("item_timeout", self.item_timeout, positive=True, allow_none=True)
         _check_float("default_deadline", self.default_deadline, positive=True, allow_none=True)
+        _check_float("target_latency_ms", self.target_latency_ms, positive=True, allow_none=True)
         _check_int("isolation_budget", self.isolation_budget, 0)
         _check_int("max_lanes", self.max_lanes, 1)
         for name in ("trim_results", "bucket_by_length"):

@@ -22,7 +22,7 @@ from typing import Any
 #: The totals, in the order ``snapshot`` reports them.
 FIELDS = ("submitted_before", "refused", "processed", "failed", "cancelled", "expired",
           "expired_dropped", "in_flight", "samples", "batches", "batch_errors", "external_errors",
-          "pad_positions", "real_positions")
+          "pad_positions", "real_positions", "shed")
 
 
 class Counters:
@@ -47,11 +47,12 @@ class Counters:
         # Variable-length batches that ran: padded and real positions (first axis).
         self.pad_positions = 0
         self.real_positions = 0
+        self.shed = 0  # of the refused: over target_latency_ms
 
     def add(self, processed: int = 0, failed: int = 0, cancelled: int = 0, expired: int = 0,
             expired_dropped: int = 0, in_flight: int = 0, samples: int = 0, batches: int = 0,
             batch_errors: int = 0, refused: int = 0, external_errors: int = 0,
-            pad_positions: int = 0, real_positions: int = 0) -> None:
+            pad_positions: int = 0, real_positions: int = 0, shed: int = 0) -> None:
         """Add to any of the totals at once (negative ``in_flight`` settles taken items)."""
         with self._lock:
             self.processed += processed
@@ -67,6 +68,7 @@ class Counters:
             self.external_errors += external_errors
             self.pad_positions += pad_positions
             self.real_positions += real_positions
+            self.shed += shed
 
     def settle(self, outcome: str, taken: bool) -> None:
         """Count one future's final outcome ("processed", "failed", "cancelled", "expired").

@@ -34,6 +34,10 @@ class LaneChangedError(FastBatchError, LookupError):
     """A put named a lane whose tag has changed since (internal: the caller looks it up again)."""
 
 
+class OverloadedError(QueueFullError):
+    """A new item could not be served within ``target_latency_ms``: refused at once (shed)."""
+
+
 class TooManyLanesError(QueueFullError):
     """Items of ``max_lanes`` different shapes or keys are waiting; a new one must wait."""
 

@@ -20,7 +20,8 @@ import numpy as np
 from . import _backend, _split, _tensors
 from ._config import BatchPriority, BatchProcessorConfig
 from ._counters import Counters
-from ._errors import BatchDtypeError, LaneChangedError, ProcessorStoppedError, QueueClosedError, QueueFullError
+from ._errors import (BatchDtypeError, LaneChangedError, OverloadedError, ProcessorStoppedError, QueueClosedError,
+                      QueueFullError)
 from ._lanes import ARRAY, FIELDS, GENERIC, PADDED, PADDED_FIELDS, TENSOR, Lane, LaneTable
 from ._padding import pad_element
 
@@ -93,8 +94,13 @@ class Intake:
     signature and is reused once empty.
     """
 
-    def __init__(self, name: str, config: BatchProcessorConfig, counters: Counters) -> None:
+    def __init__(self, name: str, config: BatchProcessorConfig, counters: Counters,
+                 predicted_latency_s: Any = None) -> None:
         self.name = name
+        # With a latency target: the sizer's estimate of a new item's latency, given the
+        # samples queued; an item over the target is shed.
+        self._target_s = None if config.target_latency_ms is None else config.target_latency_ms / 1e3
+        self._predicted_latency_s = predicted_latency_s
         self._config = config
         self._counters = counters
         self._max_bytes = config.max_batch_bytes
@@ -132,7 +138,10 @@ class Intake:
         self.queue = run.queue
         self._target = (run.queue, run, LaneTable(run.queue, self._config.max_lanes, self._make_lane,
                                                    self.lane_opened))
-        self.put_row = run.queue.put_row if self._default_deadline is None else None
+        # The C fast path checks nothing but the row: not for a default deadline or a
+        # latency target, which every put must see.
+        self.put_row = (run.queue.put_row if self._default_deadline is None and self._target_s is None
+                        else None)
 
     def reset_after_fork(self, hint: str) -> None:
         self.queue = self.run = self.put_row = self._target = None
@@ -152,7 +161,7 @@ class Intake:
         """
         queue = self.queue
         if (priority is _DEFAULT and deadline is None and key is None and self._default_deadline is None
-                and queue is not None):
+                and self._target_s is None and queue is not None):
             if timeout is not None:
                 timeout = check_timeout(timeout)
             try:
@@ -190,6 +199,8 @@ class Intake:
             raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running{self.not_running_hint}: "
                                         "call start() first")
         queue, run, lanes = target
+        if self._target_s is not None:
+            self._shed_if_late(queue, run.worker.batch_started_ns != 0)
         if deadline is not None and future is None:
             future = run.new_future()  # expiry is tracked through a future, even for enqueue()
         try:
@@ -239,6 +250,17 @@ class Intake:
             raise
         _split.Joined(future, children).attach()
         return future
+
+    def _shed_if_late(self, queue: Any, busy: bool) -> None:
+        queued = queue.queued_samples
+        predicted = self._predicted_latency_s(queued, busy) if self._predicted_latency_s is not None else 0.0
+        target = self._target_s
+        if target is not None and predicted > target:
+            self._counters.add(refused=1, shed=1)
+            raise OverloadedError(
+                f"BatchProcessor {self.name!r} is overloaded: a new item would take about "
+                f"{predicted * 1e3:.1f} ms ({queued} samples queued ahead of it), over "
+                f"target_latency_ms={self._config.target_latency_ms}; retry later or elsewhere")
 
     def stopped_error(self) -> ProcessorStoppedError:
         state = self.run.state if self.run is not None else "idle"

@@ -83,7 +83,7 @@ class BatchProcessor(Generic[T, R]):
                                 counters=self._counters, time_buckets=config.latency_buckets,
                                 size_buckets=config.size_buckets)
         self.sizer = BatchSizer(config)
-        self._intake = Intake(self.name, config, self._counters)
+        self._intake = Intake(self.name, config, self._counters, self.sizer.predicted_latency_s)
         self._lock = threading.Lock()  # one start() or stop() transition at a time
         self._reconfigure_lock = threading.Lock()  # one reconfigure() at a time
         self._run: Run | None = None
@@ -335,6 +335,7 @@ class BatchProcessor(Generic[T, R]):
             is_running=state == RUNNING,
             total_submitted=submitted,
             total_refused=counts["refused"],
+            total_shed=counts["shed"],
             total_expired=counts["expired"],
             arrival_rate=arrival_rate,
             padding_ratio=counts["pad_positions"] / counts["real_positions"] if counts["real_positions"] else 0.0,
