@@ -38,6 +38,7 @@ class BatchSizer:
         self.min_size = config.min_batch_size
         self.max_size = config.max_batch_size
         self.batch_timeout = config.batch_timeout  # read by the worker before each batch
+        self._target_s = None if config.target_latency_ms is None else config.target_latency_ms / 1e3
         self._timeout_s = max(config.batch_timeout, 1e-3)
         self._lock = threading.Lock()
         self._size = config.max_batch_size if self.strategy is BatchProcessingStrategy.GREEDY else config.initial_batch_size
@@ -73,6 +74,16 @@ class BatchSizer:
             self._timeout_s = max(config.batch_timeout, 1e-3)
             if self.policy is not None:
                 self.policy.set_timeout(config.batch_timeout)
+
+    def max_wait_s(self) -> float:
+        """The longest a batch may wait for more items: ``batch_timeout``, and with a
+        latency target no more than what the target leaves after one batch's time (the
+        whole target before the first batch)."""
+        wait = self.batch_timeout
+        target, batch_s = self._target_s, self.ema_processing_s
+        if target is not None:
+            wait = min(wait, max(0.0, target - (0.0 if math.isnan(batch_s) else batch_s)))
+        return wait
 
     def predicted_latency_s(self, queued_samples: int, busy: bool) -> float:
         """About how long a new item would take: the batches queued ahead of it and its

@@ -180,7 +180,8 @@ class BatchProcessorConfig:
     target_latency_ms: float | None = None
     """A latency target per item: a new item that would wait longer than this (queued
     batches ahead of it times the measured batch time) is refused at once with
-    ``OverloadedError`` instead of queueing. None: bounded by ``max_queue_size`` only."""
+    ``OverloadedError`` instead of queueing, and no batch waits for more items longer than
+    the target minus the measured batch time. None: bounded by ``max_queue_size`` only."""
     split_oversized: bool = True
     """An ``(n, ...)`` item of more than ``max_batch_size`` samples is queued as parts of at
     most ``max_batch_size`` (its future gets the parts' results joined); False: it runs

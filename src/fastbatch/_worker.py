@@ -108,11 +108,15 @@ class Worker:
                 if wait_s > 0 and self.abort.wait(wait_s):
                     break
             size = self.sizer.size
-            linger, until_ns = self.sizer.batch_timeout, 0
+            linger = cap = self.sizer.max_wait_s()
+            until_ns = 0
             if policy is not None and policy.active:
                 try:
-                    linger, until_ns = policy.plan(_backend.monotonic_ns(), queue.queued_samples, size,
-                                                   self.sizer.arrival_rate)
+                    now_ns = _backend.monotonic_ns()
+                    linger, until_ns = policy.plan(now_ns, queue.queued_samples, size, self.sizer.arrival_rate)
+                    linger = min(linger, cap)
+                    if until_ns:
+                        until_ns = min(until_ns, now_ns + int(cap * 1e9))
                 except Exception:  # noqa: BLE001 - a planning bug must not stop the batches
                     logger.exception("fastbatch %s: the batching policy failed; the classic rule "
                                      "(wait batch_timeout from the first item) applies from now on", self.name)

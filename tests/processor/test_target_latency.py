@@ -61,3 +61,14 @@ def test_without_a_target_nothing_is_shed(make_processor, gate):
 def test_target_latency_must_be_positive():
     with pytest.raises(ValueError, match="target_latency_ms"):
         fastbatch.BatchProcessorConfig(target_latency_ms=0)
+
+
+def test_the_target_shortens_the_wait_for_more_items(make_processor):
+    processor = make_processor(lambda b: b + 1, max_batch_size=64, batch_timeout=30.0,
+                               processing_strategy="fixed", target_latency_ms=50.0)
+    assert processor.sizer.max_wait_s() == pytest.approx(0.05)  # before any batch: the target
+    # Without the target a lone item would wait the whole 30 s timeout for company.
+    np.testing.assert_array_equal(processor.enqueue_predict(np.zeros(2)).result(timeout=10), np.ones(2))
+    processor.sizer.ema_processing_s = 0.01  # scripted: batches take 10 ms
+    assert processor.sizer.max_wait_s() == pytest.approx(0.04)
+    np.testing.assert_array_equal(processor.enqueue_predict(np.ones(2)).result(timeout=10), np.full(2, 2.0))
