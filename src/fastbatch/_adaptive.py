@@ -94,6 +94,10 @@ class BatchSizer:
             return 0.0
         return (-(-(queued_samples + 1) // self._size) + (0.5 if busy else 0.0)) * batch_s
 
+    def drop_policy(self) -> None:
+        """The policy failed: the classic rule (wait ``batch_timeout``) from now on."""
+        self.policy = None
+
     def set(self, size: int) -> int:
         """Set the size, clamped to ``[min, max]``; returns the size applied."""
         with self._lock:

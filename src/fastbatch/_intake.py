@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -95,7 +96,7 @@ class Intake:
     """
 
     def __init__(self, name: str, config: BatchProcessorConfig, counters: Counters,
-                 predicted_latency_s: Any = None) -> None:
+                 predicted_latency_s: Callable[[int, bool], float]) -> None:
         self.name = name
         # With a latency target: the sizer's estimate of a new item's latency, given the
         # samples queued; an item over the target is shed.
@@ -196,11 +197,10 @@ class Intake:
                 return self._put_parts(item, future, samples, timeout, prio, deadline, key)
         target = self._target
         if target is None:
-            raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running{self.not_running_hint}: "
-                                        "call start() first")
+            raise self._not_started_error()
         queue, run, lanes = target
         if self._target_s is not None:
-            self._shed_if_late(queue, run.worker.batch_started_ns != 0)
+            self._shed_if_late(self._target_s, queue, run.worker.batch_started_ns != 0)
         if deadline is not None and future is None:
             future = run.new_future()  # expiry is tracked through a future, even for enqueue()
         try:
@@ -230,8 +230,7 @@ class Intake:
         """
         target = self._target
         if target is None:
-            raise ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running{self.not_running_hint}: "
-                                        "call start() first")
+            raise self._not_started_error()
         run = target[1]
         if future is None:
             future = run.new_future()
@@ -251,11 +250,14 @@ class Intake:
         _split.Joined(future, children).attach()
         return future
 
-    def _shed_if_late(self, queue: Any, busy: bool) -> None:
+    def _not_started_error(self) -> ProcessorStoppedError:
+        return ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running{self.not_running_hint}: "
+                                     "call start() first")
+
+    def _shed_if_late(self, target_s: float, queue: Any, busy: bool) -> None:
         queued = queue.queued_samples
-        predicted = self._predicted_latency_s(queued, busy) if self._predicted_latency_s is not None else 0.0
-        target = self._target_s
-        if target is not None and predicted > target:
+        predicted = self._predicted_latency_s(queued, busy)
+        if predicted > target_s:
             self._counters.add(refused=1, shed=1)
             raise OverloadedError(
                 f"BatchProcessor {self.name!r} is overloaded: a new item would take about "

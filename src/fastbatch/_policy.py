@@ -155,8 +155,8 @@ class WaitPolicy:
         self.active = True
 
     def taken(self, stamps: np.ndarray) -> None:
-        if self.active:
-            self.arrivals.arrived(stamps)
+        """Enqueue times of a batch just taken (the worker calls it while ``active``)."""
+        self.arrivals.arrived(stamps)
 
     def plan(self, now_ns: int, queued: int, size: int, rate: float) -> tuple[float, int]:
         """``(linger_s, until_ns)`` for the next ``take_batch``.

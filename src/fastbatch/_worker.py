@@ -120,7 +120,8 @@ class Worker:
                 except Exception:  # noqa: BLE001 - a planning bug must not stop the batches
                     logger.exception("fastbatch %s: the batching policy failed; the classic rule "
                                      "(wait batch_timeout from the first item) applies from now on", self.name)
-                    policy = self.sizer.policy = None
+                    self.sizer.drop_policy()
+                    policy = None
             try:
                 got = queue.take_batch(size, self.max_bytes, linger, None, True, bucket, until_ns)
             except QueueClosedError:
@@ -129,7 +130,7 @@ class Worker:
                 continue
             items, futures, enqueue_ns, lane = got
             del got  # the loop must hold no item while it waits for the next batch
-            if policy is not None:
+            if policy is not None and policy.active:
                 policy.taken(enqueue_ns)
             start_ns = last_start_ns = _backend.monotonic_ns()
             self.counters.add(in_flight=len(items))
