@@ -134,6 +134,7 @@ class RequestQueue:
         tagged: bool = False,
         bucket: bool = False,
         until_ns: int = 0,
+        generation: int = -1,
     ) -> tuple[Any, ...] | None:
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order;
         with ``tagged``, ``(items, futures, enqueue_ns, tag)``, ``tag`` being the tag
@@ -165,13 +166,30 @@ class RequestQueue:
            So requests of similar size go together and none waits behind requests
            that arrived after it was passed over.
 
+        With a ``generation`` (>= 0): once ``interrupt()`` has moved the queue past it,
+        step 1 returns ``None`` and step 3 stops at once (see ``interrupt``).
+
         ``enqueue_ns`` is an int64 array of the requests' enqueue timestamps.
         Raises ``ValueError`` for ``max_samples < 1``, ``max_bytes < 0``, a negative or
-        NaN ``linger`` or ``timeout``.
+        NaN ``linger`` or ``timeout``, or a ``generation`` below -1.
         """
     def drain(self) -> tuple[list[Any], list[Any], npt.NDArray[np.int64]]:
         """Remove and return every queued request at once (paused or not, closed or not),
         all lanes, in queue order."""
+    def samples_ahead(self, priority: int) -> int:
+        """Queued samples a new request of ``priority`` would wait behind: those of its
+        priority level and above in priority order (priorities are counted in five levels,
+        below 0 as 0 and above 4 as 4), every queued sample in FIFO order."""
+    @property
+    def generation(self) -> int:
+        """How many times ``interrupt()`` was called."""
+    def interrupt(self) -> None:
+        """Move the queue to a new generation, ending early every ``take_batch`` given an
+        older one: one that has taken nothing yet returns ``None``; one filling a batch
+        (step 3) returns the requests taken so far at once, even if more are queued. For
+        a consumer whose limits changed (a smaller ``max_samples``, a shorter
+        ``linger``): it reads ``generation`` before its limits, and takes again with the
+        new ones when interrupted. A take given no generation (-1) is never interrupted."""
     def pause(self) -> None:
         """Hold ``take_batch`` at step 1 until ``resume()`` or ``close()``."""
     def resume(self) -> None: ...

@@ -197,6 +197,13 @@ cdef enum:
     OP_PAUSE = 2
     OP_RESUME = 3
 
+# Priority levels counted by RequestQueue.samples_ahead (BatchPriority's five).
+cdef enum:
+    _LEVELS = 5
+
+cdef inline Py_ssize_t _level(int64_t priority) noexcept nogil:
+    return 0 if priority < 0 else (_LEVELS - 1 if priority >= _LEVELS else <Py_ssize_t>priority)
+
 cdef struct QueueInfo:
     uint64_t puts
     Py_ssize_t count
@@ -210,6 +217,7 @@ cdef struct TakeState:
     int64_t max_bytes
     int64_t linger_ns       # -1: forever
     int64_t until_ns        # 0, or fill until at least this monotonic time (ns)
+    int64_t generation      # -1, or end early once the queue's generation differs
     int64_t wait_deadline   # step 1 (timeout)
     int64_t signal_deadline # step 1: return ST_CHECK_SIGNALS after this
     # Progress, kept here so that the fast path can hand over to the waiting path.
@@ -448,6 +456,11 @@ cdef class RequestQueue:
     cdef bint _paused
     cdef int64_t _samples
     cdef int64_t _bytes
+    # Queued samples per priority level (0..4; priorities outside are counted at the
+    # nearest level): what is ahead of a new request in queue order.
+    cdef int64_t _level_samples[_LEVELS]
+    # Counts interrupt() calls: a take given an older generation ends early.
+    cdef int64_t _generation
     cdef uint64_t _seq
     cdef Py_ssize_t _consumers_waiting
     cdef Py_ssize_t _producers_waiting
@@ -538,6 +551,7 @@ cdef class RequestQueue:
         _lane_push(q, r, ring)
         self._count += 1
         self._samples += r.samples
+        self._level_samples[_level(r.priority)] += r.samples
         self._bytes += r.nbytes
         return 0
 
@@ -545,6 +559,7 @@ cdef class RequestQueue:
         _lane_pop(&self._lanes[lane], out)
         self._count -= 1
         self._samples -= out.samples
+        self._level_samples[_level(out.priority)] -= out.samples
         self._bytes -= out.nbytes
 
     # -- waiting (mutex held, GIL released) -------------------------------------------
@@ -710,6 +725,7 @@ cdef class RequestQueue:
             q.nbytes -= r.nbytes
             self._count -= 1
             self._samples -= r.samples
+            self._level_samples[_level(r.priority)] -= r.samples
             self._bytes -= r.nbytes
             t.samples += r.samples
             t.nbytes += r.nbytes
@@ -733,6 +749,9 @@ cdef class RequestQueue:
             while not (self._count > 0 and (not self._paused or self._closed)):
                 if self._closed:
                     status = ST_CLOSED
+                    break
+                if t.generation >= 0 and t.generation != self._generation:
+                    status = ST_TIMEOUT  # interrupted, nothing taken: the caller starts over
                     break
                 if t.wait_deadline == FB_NO_WAIT:
                     status = ST_TIMEOUT
@@ -767,6 +786,10 @@ cdef class RequestQueue:
             while t.samples < t.max_samples and (t.max_bytes == 0 or t.nbytes < t.max_bytes):
                 if q.tag != t.out[0].tag:
                     break  # reassigned while we looked at signals: its requests are not ours
+                if t.generation >= 0 and t.generation != self._generation:
+                    # Interrupted: the batch's limits changed. What is taken goes, under
+                    # the old ones; what comes next is taken under the new ones.
+                    break
                 if t.bucket and q.count > 0:
                     # Choose only once the lane can fill the batch, or the wait is over.
                     if (q.samples >= t.max_samples - t.samples
@@ -1083,7 +1106,7 @@ cdef class RequestQueue:
         raise MemoryError(msg.NO_MEMORY_QUEUE)
 
     def take_batch(self, max_samples, max_bytes=0, linger=0.0, timeout=None, tagged=False, bucket=False,
-                   until_ns=0):
+                   until_ns=0, generation=-1):
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
 
         ``until_ns`` (a ``monotonic_ns`` time, 0: none) lets the batch fill until then
@@ -1091,8 +1114,10 @@ cdef class RequestQueue:
 
         With ``tagged``, ``(items, futures, enqueue_ns, tag)``: the tag of the batch's
         lane. With ``bucket``, the batch is filled with the requests of its lane closest
-        in size to its first one (see ``_core.pyi``). See ``_core.pyi`` for the three steps. Returns ``None`` when ``timeout``
-        passes before a request is available; raises ``QueueClosedError`` when the queue
+        in size to its first one (see ``_core.pyi``). With a ``generation`` (>= 0), it ends
+        early once ``interrupt()`` moves the queue past it. See ``_core.pyi`` for the three
+        steps. Returns ``None`` when ``timeout`` passes (or an interrupt comes) before a
+        request is taken; raises ``QueueClosedError`` when the queue
         is closed and empty. All waiting happens with the GIL released.
         """
         cdef TakeState t
@@ -1111,6 +1136,9 @@ cdef class RequestQueue:
         t.until_ns = _as_int64(until_ns, "until_ns")
         if t.until_ns < 0:
             raise ValueError(f"until_ns must be a monotonic_ns time >= 0, not {t.until_ns}")
+        t.generation = _as_int64(generation, "generation")
+        if t.generation < -1:
+            raise ValueError(f"generation must be -1 (none) or a generation >= 0, not {t.generation}")
         t.stage = 1
         t.n = 0
         t.lane = 0
@@ -1162,6 +1190,34 @@ cdef class RequestQueue:
             return _hand_out(out, n, False)
         finally:
             free(out)
+
+    def samples_ahead(self, priority):
+        """Queued samples a new request of ``priority`` would wait behind: those of its
+        priority level and above (all of them in FIFO order)."""
+        cdef Py_ssize_t k, top = _level(_as_int64(priority, "priority")) if self._prioritized else _LEVELS - 1
+        cdef int64_t total = 0
+        self._lock_with_gil()
+        for k in range(top + 1):
+            total += self._level_samples[k]
+        fb_unlock(self._mutex)
+        return total
+
+    @property
+    def generation(self):
+        """How many times ``interrupt()`` was called."""
+        cdef int64_t generation
+        self._lock_with_gil()
+        generation = self._generation
+        fb_unlock(self._mutex)
+        return generation
+
+    def interrupt(self):
+        """End early every ``take_batch`` given a ``generation`` older than the new one
+        (see ``_core.pyi``)."""
+        self._lock_with_gil()
+        self._generation += 1
+        fb_unlock(self._mutex)
+        fb_notify_all(self._not_empty)
 
     def pause(self):
         """Hold ``take_batch`` at step 1 until ``resume()`` or ``close()``."""

@@ -30,6 +30,12 @@ _heappush, _heappop = heapq.heappush, heapq.heappop
 _TIMEOUT_MAX = threading.TIMEOUT_MAX
 # Beyond int64 nanoseconds (292 years) a linger is as good as none.
 _LINGER_FOREVER = 9e9
+# Priority levels counted by samples_ahead (BatchPriority's five).
+_LEVELS = 5
+
+
+def _level(priority: int) -> int:
+    return 0 if priority < 0 else min(priority, _LEVELS - 1)
 
 
 def _wait(cond: threading.Condition, seconds: float | None) -> None:
@@ -71,8 +77,8 @@ class RequestQueue:
 
     __slots__ = (
         "__weakref__", "_bytes", "_capacity", "_closed", "_idle_waiters", "_lingerers",
-        "_count", "_lanes", "_lock", "_n_lanes", "_need_bytes", "_need_lane", "_need_samples",
-        "_not_empty", "_not_full", "_paused", "_prioritized", "_producers_waiting", "_row_dtype",
+        "_count", "_generation", "_lanes", "_level_samples", "_lock", "_n_lanes", "_need_bytes",
+        "_need_lane", "_need_samples", "_not_empty", "_not_full", "_paused", "_prioritized", "_producers_waiting", "_row_dtype",
         "_row_lane", "_row_shape", "_samples", "_seq",
     )  # fmt: skip
 
@@ -88,7 +94,10 @@ class RequestQueue:
         self._n_lanes = n_lanes
         self._lanes: list[_Lane] = [_Lane(self._prioritized, None)]  # the lanes opened so far
         self._count = self._seq = self._samples = self._bytes = 0
+        # Queued samples per priority level (priorities outside 0..4 at the nearest).
+        self._level_samples = [0] * _LEVELS
         self._closed = self._paused = False
+        self._generation = 0  # interrupt() calls: a take given an older one ends early
         self._lock = threading.Lock()
         # Consumers wait on _not_empty, producers on _not_full (as in Lib/queue.py).
         self._not_empty = threading.Condition(self._lock)
@@ -267,6 +276,7 @@ class RequestQueue:
             self._seq += 1
             self._count += 1
             self._samples += samples
+            self._level_samples[_level(priority)] += samples
             self._bytes += nbytes
             lane.samples += samples
             lane.bytes += nbytes
@@ -322,7 +332,7 @@ class RequestQueue:
     def take_batch(
         self, max_samples: int, max_bytes: int = 0, linger: float = 0.0,
         timeout: float | None = None, tagged: bool = False, bucket: bool = False,
-        until_ns: int = 0,
+        until_ns: int = 0, generation: int = -1,
     ) -> tuple[Any, ...] | None:  # fmt: skip
         """Remove and return one batch: ``(items, futures, enqueue_ns)`` in queue order.
 
@@ -354,21 +364,25 @@ class RequestQueue:
         until_ns = as_int64("until_ns", until_ns)
         if until_ns < 0:
             raise ValueError(f"until_ns must be a monotonic_ns time >= 0, not {until_ns}")
+        generation = as_int64("generation", generation)
+        if generation < -1:
+            raise ValueError(f"generation must be -1 (none) or a generation >= 0, not {generation}")
 
         with self._lock:
             prioritized = self._prioritized
             # Step 1: wait for something to take (the fast path does not count as a waiter).
             ready = self._count and (not self._paused or self._closed)
-            if not ready and not self._wait_until_ready(timeout):
+            if not ready and not self._wait_until_ready(timeout, generation):
                 return None
             # Step 2: the head request, always; its lane is the batch's.
             lane = self._head_lane()
             queue = lane.queue
-            item, future, samples, nbytes, stamp, tag = (
+            item, future, samples, nbytes, stamp, tag, priority = (
                 _heappop(queue)[2] if prioritized else queue.popleft()
-            )[:6]
+            )[:7]
             self._count -= 1
             self._samples -= samples
+            self._level_samples[_level(priority)] -= samples
             self._bytes -= nbytes
             lane.samples -= samples
             lane.bytes -= nbytes
@@ -384,6 +398,10 @@ class RequestQueue:
             while room > 0 and (byte_room is None or byte_room > 0):
                 if lane.tag is not tag:
                     break  # reassigned meanwhile: its requests are not this batch's
+                if generation >= 0 and generation != self._generation:
+                    # Interrupted: the batch's limits changed. What is taken goes, under
+                    # the old ones; what comes next is taken under the new ones.
+                    break
                 if bucket and queue:
                     # Choose only once the lane can fill the batch, or the wait is over.
                     if (lane.samples >= room or (byte_room is not None and lane.bytes >= byte_room)
@@ -407,6 +425,7 @@ class RequestQueue:
                     stamps.append(record[4])
                     self._count -= 1
                     self._samples -= samples
+                    self._level_samples[_level(record[6])] -= samples
                     self._bytes -= nbytes
                     lane.samples -= samples
                     lane.bytes -= nbytes
@@ -471,6 +490,7 @@ class RequestQueue:
         for r in chosen:
             self._count -= 1
             self._samples -= r[2]
+            self._level_samples[_level(r[6])] -= r[2]
             self._bytes -= r[3]
             lane.samples -= r[2]
             lane.bytes -= r[3]
@@ -488,7 +508,7 @@ class RequestQueue:
                  for k, lane in enumerate(lanes) if lane.queue]
         return lanes[min(heads)[1]]
 
-    def _wait_until_ready(self, timeout: float | None) -> bool:
+    def _wait_until_ready(self, timeout: float | None, generation: int) -> bool:
         # Called with the lock held. True once there is a request to take and the queue
         # is not paused (or is closed: a closed queue is drained even when paused);
         # False when the timeout passed.
@@ -500,6 +520,8 @@ class RequestQueue:
                     return True
                 if self._closed:
                     raise QueueClosedError(msg.QUEUE_CLOSED_AND_EMPTY)
+                if generation >= 0 and generation != self._generation:
+                    return False  # interrupted, nothing taken: the caller starts over
                 if end is None:
                     _wait(self._not_empty, None)
                 else:
@@ -525,10 +547,31 @@ class RequestQueue:
                 lane.samples = lane.bytes = 0
             records.sort(key=lambda r: (r[6], r[7]))
             self._count = self._samples = self._bytes = 0
+            self._level_samples = [0] * _LEVELS
             if self._producers_waiting:
                 self._not_full.notify_all()
         stamps = np.array([r[4] for r in records], dtype=np.int64)
         return [r[0] for r in records], [r[1] for r in records], stamps
+
+    def samples_ahead(self, priority: int) -> int:
+        """Queued samples a new request of ``priority`` would wait behind: those of its
+        priority level and above (all of them in FIFO order)."""
+        top = _level(as_int64("priority", priority)) if self._prioritized else _LEVELS - 1
+        with self._lock:
+            return sum(self._level_samples[:top + 1])
+
+    @property
+    def generation(self) -> int:
+        """How many times ``interrupt()`` was called."""
+        with self._lock:
+            return self._generation
+
+    def interrupt(self) -> None:
+        """End early every ``take_batch`` given a ``generation`` older than the new one
+        (see ``_core.pyi``)."""
+        with self._lock:
+            self._generation += 1
+            self._not_empty.notify_all()
 
     def pause(self) -> None:
         """Hold ``take_batch`` at step 1 until ``resume()`` or ``close()``."""
