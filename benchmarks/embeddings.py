@@ -60,6 +60,11 @@ if importlib.util.find_spec("fastbatch") is None and os.path.isdir(_SRC):
 import fastbatch  # noqa: E402
 from fastbatch import _backend  # noqa: E402
 
+if _backend.NAME != "compiled":  # never report the pure-Python twin's figures as fastbatch's
+    raise SystemExit(f"fastbatch imported from {os.path.dirname(fastbatch.__file__)} has no compiled core: "
+                     "run against the installed package (`pip install .`, no PYTHONPATH=src) or build "
+                     "it in place (`python setup.py build_ext --inplace`)")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTENDERS = ("offline", "per_request", "fastbatch_strings", "fastbatch_padded",
               "fastbatch_bucketed", "batched", "batched_padded", "ray_serve")

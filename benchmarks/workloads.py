@@ -152,8 +152,16 @@ def contenders(names: tuple[str, ...] = ("compiled", "python", "stdlib")) -> lis
         module = {"compiled": "fastbatch._core", "python": "fastbatch._core_py"}[name]
         try:
             out.append(Contender(name, importlib.import_module(module)))
-        except ImportError:
-            print(f"note: {module} cannot be imported; contender {name!r} skipped", file=sys.stderr)
+        except ImportError as exc:
+            if name == "compiled":
+                # Measuring without it would compare the wrong things and look like a result.
+                raise BenchmarkError(
+                    f"the compiled core cannot be imported from {os.path.dirname(fastbatch.__file__)} ({exc}): "
+                    "run the benchmarks against the installed package (`pip install .`, then run them "
+                    "without PYTHONPATH=src), or build the core in place first (`python setup.py "
+                    "build_ext --inplace`); leave the compiled contender out only on purpose "
+                    "(--contenders python,stdlib)") from None
+            raise
     return out
 
 
