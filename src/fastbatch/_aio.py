@@ -20,7 +20,7 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._config import BatchPriority
-from ._errors import OverloadedError, QueueFullError
+from ._errors import OverloadedError, QueueFullError, TooManyLanesError
 from ._future import BatchFuture
 from ._intake import DEFAULT_PRIORITY, check_timeout
 
@@ -33,6 +33,9 @@ R = TypeVar("R")
 # cap stays near a typical batch time; the first retries are quick for short bursts.
 _FIRST_DELAY_S = 0.0005
 _MAX_DELAY_S = 0.01
+# Refusals that room in the queue would not cure: raised at once, as enqueue() raises them
+# (shed for a latency target; a new signature while every lane holds items).
+_NOT_FOR_ROOM = (OverloadedError, TooManyLanesError)
 
 
 async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
@@ -56,6 +59,8 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
     Raises:
         QueueFullError: the queue stayed full for ``timeout`` seconds (counted once in
             ``total_refused``, as a blocking ``enqueue`` would be).
+        OverloadedError, TooManyLanesError: at once, as from ``enqueue``: waiting for
+            room in the queue would not change the answer.
         ProcessorStoppedError: the processor is not running, or stopped while waiting.
         TypeError, ValueError, BatchDtypeError: a bad item, timeout, priority or key.
         asyncio.CancelledError: the task was cancelled; the item was not queued.
@@ -68,8 +73,8 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
         try:
             intake.put(item, future, 0, priority, deadline, key)
             return future
-        except OverloadedError:
-            raise  # shed: waiting for room is not what a latency target asks for
+        except _NOT_FOR_ROOM:
+            raise
         except QueueFullError:
             if timeout == 0:
                 raise
@@ -83,7 +88,7 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
                 try:
                     # One last try; a refusal here is the one total_refused counts.
                     intake.put(item, future, 0, priority, deadline, key)
-                except OverloadedError:
+                except _NOT_FOR_ROOM:
                     raise
                 except QueueFullError:
                     raise QueueFullError(
@@ -99,7 +104,7 @@ async def submit_async(processor: BatchProcessor[Any, R], item: Any, *,
             try:
                 intake.put(item, future, 0, priority, deadline, key)
                 return future
-            except OverloadedError:
+            except _NOT_FOR_ROOM:
                 raise
             except QueueFullError:
                 continue

@@ -41,14 +41,19 @@ class _Escaped(Exception):  # noqa: N818 - a carrier, never seen outside this mo
         self.exc = exc
 
 
-async def _guarded(coro: Any, registry: set[threading.Thread]) -> Any:
+async def _guarded(coro: Any, registry: set[threading.Thread], tasks: list[Any]) -> Any:
+    import asyncio
+
     # The thread that runs the coroutine is one of the run's batch threads: a wait there
     # on the run's own futures is a self-wait, a stop() from there cannot wait for itself.
     registry.add(threading.current_thread())
+    tasks.append(asyncio.current_task())
     try:
         return await coro
-    except (KeyboardInterrupt, SystemExit, GeneratorExit) as exc:
+    except (KeyboardInterrupt, SystemExit) as exc:
         # Out of the task these would stop the loop for good; the worker wraps them.
+        # (GeneratorExit is not caught: it is how a pending task is closed when its
+        # loop is dropped, and a task raising it ends as a failure without harm.)
         raise _Escaped(exc) from None
 
 
@@ -81,6 +86,12 @@ class BatchCall:
             raise TypeError(f"loop must be an asyncio event loop, not {type(loop).__name__}")
         if loop is not None and loop.is_closed():
             raise ValueError("loop is closed: give start() a running event loop")
+        if loop is not None and not is_coroutine_function(func):
+            raise TypeError(f"loop= is where a coroutine function (async def) runs, but {func!r} is not one: "
+                            "a plain batch function runs on the worker thread; drop loop=")
+        if loop is not None and not loop.is_running():
+            raise ValueError("loop is not running: start it (loop.run_forever() on its thread) before "
+                             "start(fn, loop=loop), or leave loop out to have the processor run one")
         self.func = func
         self.takes_key = takes_key(func)
         self.name = name
@@ -149,9 +160,10 @@ class BatchCall:
     def _await(self, coro: types.CoroutineType[Any, Any, Any]) -> Any:
         import asyncio
 
+        tasks: list[Any] = []  # the task, once the loop has started it
         try:
             loop = self._loop()
-            future = asyncio.run_coroutine_threadsafe(_guarded(coro, self._registry), loop)
+            future = asyncio.run_coroutine_threadsafe(_guarded(coro, self._registry, tasks), loop)
         except BaseException:
             coro.close()  # never awaited: no "coroutine was never awaited" warning
             raise
@@ -169,6 +181,11 @@ class BatchCall:
                                             "function's coroutine was running")
             if loop.is_closed() or not loop.is_running():
                 future.cancel()
+                for task in tasks:
+                    # The batch fails here, with the reason; the task left pending on the
+                    # stopped loop is its owner's to cancel or drop, without a second
+                    # report ("Task was destroyed but it is pending!") when it is dropped.
+                    task._log_destroy_pending = False
                 whose = "its event loop" if loop is not self._given_loop else "the event loop given to start(loop=...)"
                 raise RuntimeError(f"{whose} of BatchProcessor {self.name!r} stopped running before the "
                                    "batch function's coroutine finished")

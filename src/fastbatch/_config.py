@@ -170,9 +170,13 @@ class BatchProcessorConfig:
     pad_value: Any = 0
     """What pads the samples of a ``PaddedBatch`` to the longest; checked against each
     lane's dtype when its first item arrives (it must hold the value exactly)."""
-    trim_results: bool = False
-    """With ``variable_length``: a result of shape ``(B, L_max, ...)`` gives each item
-    ``r[i, :L_i]`` instead of the padded row."""
+    trim_results: bool | tuple[int | str, ...] = False
+    """With ``variable_length``: which outputs are per position, so that each item gets
+    ``r[i, :L_i]`` instead of the padded row. ``True``: the result (a single array, or
+    every array of a tuple / dict of outputs); a tuple of positions / keys: those outputs
+    of a tuple / dict result. A declared output must have shape ``(B, L_max, ...)``;
+    anything else fails the batch with ``ResultMismatchError``, so an output's shape never
+    depends on which items shared its batch."""
     bucket_by_length: bool = False
     """With ``variable_length``: a batch is formed from waiting items of similar length
     (the oldest item always goes, with those closest to its length), so that batches
@@ -248,9 +252,11 @@ class BatchProcessorConfig:
         _check_float("target_latency_ms", self.target_latency_ms, positive=True, allow_none=True)
         _check_int("isolation_budget", self.isolation_budget, 0)
         _check_int("max_lanes", self.max_lanes, 1)
+        self._check_trim()
         for name in ("trim_results", "bucket_by_length"):
-            if getattr(self, name) is True and self.variable_length is not True:
-                _fail(ValueError, name, True, "applies to variable-length items: set variable_length=True too")
+            value = getattr(self, name)
+            if value is not False and self.variable_length is not True:
+                _fail(ValueError, name, value, "applies to variable-length items: set variable_length=True too")
         if self.max_lanes > 1 << 20:
             _fail(ValueError, "max_lanes", self.max_lanes, f"must be <= 2**20 ({1 << 20})")
         _check_float("max_batch_memory_mb", self.max_batch_memory_mb, positive=True, allow_none=True)
@@ -274,9 +280,26 @@ class BatchProcessorConfig:
         for name in ("enable_priority_queue", "enable_monitoring", "enable_health_monitoring",
                      "enable_memory_optimization", "enable_adaptive_batching",
                      "reduce_batch_on_failure", "debug_mode", "batch_generic_items",
-                     "raise_on_queue_full", "isolate_failures", "variable_length", "trim_results",
+                     "raise_on_queue_full", "isolate_failures", "variable_length",
                      "bucket_by_length", "split_oversized"):
             _check_bool(name, getattr(self, name))
+
+    def _check_trim(self) -> None:
+        value = self.trim_results
+        if isinstance(value, bool):
+            return
+        if isinstance(value, (list, set, frozenset)):
+            value = tuple(value)
+        rule = ("must be True, False, or a tuple of the per-position outputs' positions (ints, for a "
+                "tuple result) or keys (strs, for a dict result)")
+        if not isinstance(value, tuple) or not value:
+            _fail(TypeError, "trim_results", self.trim_results, rule)
+        for name in value:
+            if isinstance(name, bool) or not isinstance(name, (int, str)):
+                _fail(TypeError, "trim_results", self.trim_results, rule)
+        if len(set(value)) != len(value):
+            _fail(ValueError, "trim_results", self.trim_results, "names an output twice")
+        self.trim_results = value
 
     @property
     def max_batch_bytes(self) -> int:

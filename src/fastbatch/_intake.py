@@ -200,7 +200,7 @@ class Intake:
             raise self._not_started_error()
         queue, run, lanes = target
         if self._target_s is not None:
-            self._shed_if_late(self._target_s, queue, run.worker.batch_started_ns != 0)
+            self._shed_if_late(self._target_s, queue.samples_ahead(prio), run.worker.batch_started_ns != 0)
         if deadline is not None and future is None:
             future = run.new_future()  # expiry is tracked through a future, even for enqueue()
         try:
@@ -254,8 +254,9 @@ class Intake:
         return ProcessorStoppedError(f"BatchProcessor {self.name!r} is not running{self.not_running_hint}: "
                                      "call start() first")
 
-    def _shed_if_late(self, target_s: float, queue: Any, busy: bool) -> None:
-        queued = queue.queued_samples
+    def _shed_if_late(self, target_s: float, queued: int, busy: bool) -> None:
+        """Refuse an item predicted to miss the target behind the ``queued`` samples ahead
+        of it in queue order (its priority level and above)."""
         predicted = self._predicted_latency_s(queued, busy)
         if predicted > target_s:
             self._counters.add(refused=1, shed=1)
@@ -288,6 +289,12 @@ class Intake:
             if item is None:
                 raise TypeError("item is None: enqueue a numpy array or an object the batch function accepts")
             if _tensors.is_tensor(item):
+                if self._variable:
+                    raise TypeError(
+                        f"a torch tensor (shape {_shape(item.shape)}) cannot be a variable-length item: "
+                        "variable_length=True pads numpy arrays into a PaddedBatch; enqueue "
+                        "item.cpu().numpy() (and torch.from_numpy(batch.data) in the batch function), or "
+                        "use a processor without variable_length for tensors of a fixed shape")
                 samples, nbytes, (dtype, sample_shape, device) = _tensors.describe(item)
                 self._check_bytes(nbytes)
                 return samples, nbytes, (TENSOR, dtype, sample_shape, device, key)

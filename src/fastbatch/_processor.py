@@ -279,10 +279,11 @@ class BatchProcessor(Generic[T, R]):
 
     def reconfigure(self, *, max_batch_size: int | None = None, min_batch_size: int | None = None,
                     batch_timeout: float | None = None) -> BatchProcessorConfig:
-        """Change batch limits and timeout while running; they apply from the next batch.
+        """Change batch limits and timeout while running; they apply at once.
 
-        A batch the worker has already begun to form (waiting for its first item, or
-        filling) keeps the limits it began with.
+        A batch the worker is waiting for or filling is released with what it holds (so
+        that an item enqueued after this returns is batched under the new limits), and
+        the next batch is formed with the new ones.
 
         Validated as the config is (nothing changes when a value is refused). A new
         ``max_batch_size`` alone moves ``min_batch_size`` and ``initial_batch_size`` into
@@ -308,12 +309,18 @@ class BatchProcessor(Generic[T, R]):
             self.config = new
             self.sizer.reconfigure(new)
             self._intake.reconfigure(new)
+            run = self._run
+            if run is not None:
+                # A batch the worker is waiting for or filling was planned with the old
+                # limits: it ends now (with what it holds) and the next uses the new ones.
+                run.queue.interrupt()
         logger.debug("fastbatch %s: reconfigured %s", self.name,
                      ", ".join(f"{k}={v!r}" for k, v in given.items()))
         return new
 
     def get_stats(self) -> dict[str, Any]:
         """A snapshot of every statistic of the classic API, plus a few of ours (README)."""
+        config = self.config
         counts = self._counters.snapshot()
         stats = self.stats.get_stats(counts)
         run = self._run
@@ -340,6 +347,12 @@ class BatchProcessor(Generic[T, R]):
             arrival_rate=arrival_rate,
             padding_ratio=counts["pad_positions"] / counts["real_positions"] if counts["real_positions"] else 0.0,
             **self._policy_stats(),
+            # The limits in force (reconfigure() changes them); max_batch_size above is
+            # the largest batch seen in the window, as the classic statistics have it.
+            config_max_batch_size=config.max_batch_size,
+            config_min_batch_size=config.min_batch_size,
+            config_batch_timeout_ms=config.batch_timeout * 1e3,
+            config_target_latency_ms=config.target_latency_ms,
             core=_backend.NAME,
         )
         return stats

@@ -87,7 +87,9 @@ def split_result(assembler: Any, result: Any, samples: int, _probe: bool = False
     # A container the function keeps (and refills) has more references than a fresh one:
     # then every field is copied.
     fields = _private_fields([result[k] for k in outputs], refs > _FRESH_REFS)
-    return join_outputs(result, outputs, [assembler.split(f) for f in fields])
+    split_fields = getattr(assembler, "split_fields", None)  # per output, when outputs differ
+    columns = split_fields(outputs, fields) if split_fields is not None else [assembler.split(f) for f in fields]
+    return join_outputs(result, outputs, columns)
 
 
 def several_outputs(result: Any, samples: int, kind: Any, what: str) -> list[Any] | None:

@@ -42,17 +42,31 @@ def join(results: Sequence[Any]) -> Any:
     """The parts' results as the one result the whole item would have had.
 
     Raises:
-        ResultMismatchError: the parts' results are of a kind that cannot be joined.
+        ResultMismatchError: the parts' results are of a kind that cannot be joined, or
+            of different kinds or shapes (an array from one part, a list from another).
     """
     first = results[0]
+    kinds = {_kind(r) for r in results}
+    if len(kinds) > 1:
+        described = ", ".join(f"part {i}: {_describe(r)}" for i, r in enumerate(results))
+        raise ResultMismatchError(f"the parts of a split item returned results of different kinds "
+                                  f"({described}), which cannot be joined into one result: the batch "
+                                  "function must return the same kind for every batch")
     if isinstance(first, np.ndarray):
-        return np.concatenate(results)
+        return _concatenate(np.concatenate, results)
     if _tensors.is_tensor(first):
-        return sys.modules["torch"].cat(list(results))
+        return _concatenate(sys.modules["torch"].cat, results)
     if isinstance(first, dict):
+        if any(r.keys() != first.keys() for r in results):
+            raise ResultMismatchError(
+                "the parts of a split item returned dicts with different keys "
+                f"({', '.join(f'part {i}: {sorted(map(repr, r))}' for i, r in enumerate(results))})")
         return {k: join([r[k] for r in results]) for k in first}
-    if isinstance(first, tuple) and first and all(
-            isinstance(v, np.ndarray) or _tensors.is_tensor(v) for v in first):
+    if _outputs(first):
+        if any(len(r) != len(first) or not _outputs(r) for r in results):
+            raise ResultMismatchError(
+                "the parts of a split item returned tuples of different outputs "
+                f"({', '.join(f'part {i}: {_describe(r)}' for i, r in enumerate(results))})")
         return tuple(join([r[i] for r in results]) for i in range(len(first)))
     if isinstance(first, (list, tuple)):
         joined = [x for r in results for x in r]
@@ -60,6 +74,42 @@ def join(results: Sequence[Any]) -> Any:
     raise ResultMismatchError(f"the parts of a split item returned {type(first).__name__}, which cannot "
                               "be joined into one result: return an array, a tensor, a tuple or dict of "
                               "them, or a list of per-sample results (or set split_oversized=False)")
+
+
+def _outputs(result: Any) -> bool:
+    """A non-empty tuple of arrays / tensors: several outputs, joined field by field."""
+    return isinstance(result, tuple) and bool(result) and all(
+        isinstance(v, np.ndarray) or _tensors.is_tensor(v) for v in result)
+
+
+def _kind(result: Any) -> str:
+    if isinstance(result, np.ndarray):
+        return "array"
+    if _tensors.is_tensor(result):
+        return "tensor"
+    if isinstance(result, dict):
+        return "dict"
+    if _outputs(result):
+        return "outputs"
+    return type(result).__name__
+
+
+def _describe(result: Any) -> str:
+    if isinstance(result, tuple) and _outputs(result):
+        return "tuple of " + ", ".join(_describe(v) for v in result)
+    shape = getattr(result, "shape", None)
+    if shape is not None:
+        return f"{type(result).__name__} of shape {tuple(shape)}"
+    return type(result).__name__
+
+
+def _concatenate(cat: Any, results: Sequence[Any]) -> Any:
+    try:
+        return cat(list(results))
+    except (ValueError, TypeError, RuntimeError) as exc:  # torch raises RuntimeError
+        described = ", ".join(f"part {i}: {_describe(r)}" for i, r in enumerate(results))
+        raise ResultMismatchError(f"the parts of a split item returned results that cannot be joined "
+                                  f"({described}): {exc}") from None
 
 
 class Joined:

@@ -107,6 +107,9 @@ class Worker:
                 wait_s = (last_start_ns + interval_ns - _backend.monotonic_ns()) / 1e9
                 if wait_s > 0 and self.abort.wait(wait_s):
                     break
+            # Read before the limits: a reconfigure() after this read interrupts the take
+            # below, and one before it has already set the limits read next.
+            generation = queue.generation
             size = self.sizer.size
             linger = cap = self.sizer.max_wait_s()
             until_ns = 0
@@ -123,10 +126,10 @@ class Worker:
                     self.sizer.drop_policy()
                     policy = None
             try:
-                got = queue.take_batch(size, self.max_bytes, linger, None, True, bucket, until_ns)
+                got = queue.take_batch(size, self.max_bytes, linger, None, True, bucket, until_ns, generation)
             except QueueClosedError:
                 break
-            if got is None:  # pragma: no cover - timeout=None never returns None
+            if got is None:  # interrupted by reconfigure() before a request was taken
                 continue
             items, futures, enqueue_ns, lane = got
             del got  # the loop must hold no item while it waits for the next batch

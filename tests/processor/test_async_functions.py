@@ -244,3 +244,74 @@ def test_an_abandoned_coroutine_is_cancelled_and_runs_its_cleanup(make_processor
     processor.stop(timeout=0.05)
     assert isinstance(future.exception(timeout=1), fastbatch.ProcessorStoppedError)
     assert cleaned.wait(2), "the coroutine's finally block never ran"
+
+
+def test_start_refuses_a_loop_it_cannot_use(make_processor):
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-loop")
+    thread.start()
+    processor = make_processor()
+    try:
+        with pytest.raises(TypeError, match=r"loop= is where a coroutine function \(async def\) runs.*drop loop="):
+            processor.start(lambda batch: batch, loop=loop)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+    async def model(batch):
+        return batch
+
+    try:
+        with pytest.raises(ValueError, match=r"loop is not running: start it"):
+            processor.start(model, loop=loop)  # stopped, not closed
+        assert not processor.is_running
+    finally:
+        loop.close()
+
+
+_LOOP_STOPS_MID_BATCH = """
+import asyncio, gc, threading
+import numpy as np
+import fastbatch
+
+loop = asyncio.new_event_loop()
+thread = threading.Thread(target=loop.run_forever)
+thread.start()
+entered = threading.Event()
+
+async def model(batch):
+    entered.set()
+    await asyncio.sleep(3600)
+    return batch
+
+config = fastbatch.BatchProcessorConfig(max_batch_size=2, max_retries=0, isolate_failures=False,
+                                        enable_health_monitoring=False)
+processor = fastbatch.BatchProcessor(config)
+processor.start(model, loop=loop)
+future = processor.enqueue_predict(np.ones(2))
+assert entered.wait(10)
+loop.call_soon_threadsafe(loop.stop)
+thread.join(10)
+print(type(future.exception(10)).__name__)
+processor.stop(5)
+loop.close()  # the owner drops its loop with our task still pending on it
+del loop
+gc.collect()
+print("done")
+"""
+
+
+def test_a_user_loop_stopping_mid_batch_leaves_no_noise_on_stderr(core):
+    import os
+    import subprocess
+    import sys
+
+    from fb_fixtures import core_name
+
+    env = {**os.environ, "FASTBATCH_NO_EXTENSIONS": "1" if core_name(core) == "python" else ""}
+    out = subprocess.run([sys.executable, "-X", "dev", "-c", _LOOP_STOPS_MID_BATCH], capture_output=True, text=True,
+                         timeout=50, env=env, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["RuntimeError", "done"]
+    # Neither "Task was destroyed but it is pending!" nor "Exception ignored in ...".
+    assert out.stderr == "", out.stderr

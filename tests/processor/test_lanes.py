@@ -170,3 +170,22 @@ def test_many_threads_many_shapes_every_result_its_own(make_processor, queue_siz
     assert not errors and not bad
     s = processor.get_stats()
     assert s["total_submitted"] == s["total_processed"]
+
+
+def test_enqueue_async_is_refused_a_lane_at_once_as_enqueue_is(make_processor):
+    import asyncio
+
+    processor = make_processor(lambda b: b, max_lanes=2)
+    processor.pause()
+    a = processor.enqueue_predict(np.ones(2))
+    b = processor.enqueue_predict(np.ones(3))
+
+    async def submit():
+        # No wait for room: room in the queue would not open a lane.
+        return await asyncio.wait_for(processor.enqueue_async(np.ones(4), timeout=30), 5)
+
+    with pytest.raises(fastbatch.TooManyLanesError, match="all max_lanes=2 lanes"):
+        asyncio.run(submit())
+    assert processor.get_stats()["total_refused"] == 1
+    processor.resume()
+    a.result(5), b.result(5)

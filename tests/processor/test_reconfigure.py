@@ -89,3 +89,39 @@ def test_reconfiguring_under_load_loses_nothing(make_processor):
     assert sum(sizes) == 3000 and max(sizes) <= 16  # the largest maximum ever set
     stats = processor.get_stats()
     assert stats["total_processed"] == 3000 and stats["total_failed"] == 0
+
+
+@pytest.mark.parametrize("strategy", ["fixed", "adaptive"])
+def test_a_new_batch_timeout_reaches_an_idle_processor(make_processor, strategy):
+    processor = make_processor(lambda b: b * 2, max_batch_size=2, batch_timeout=30.0,
+                               processing_strategy=strategy)
+    pair = [processor.enqueue_predict(np.ones(2)) for _ in range(2)]  # a full batch goes at once
+    assert all(f.result(5) is not None for f in pair)  # the worker is idle again, its wait planned
+    processor.reconfigure(batch_timeout=0.001)
+    # Under the old timeout this lone item would wait 30 s for a second one.
+    np.testing.assert_array_equal(processor.enqueue_predict(np.ones(2)).result(5), np.full(2, 2.0))
+
+
+def test_a_lower_max_batch_size_bounds_every_item_enqueued_after_it(make_processor, gate):
+    processor = make_processor(gate, max_batch_size=16, initial_batch_size=16, batch_timeout=0.3,
+                               processing_strategy="fixed")
+    first = processor.enqueue_predict(np.zeros(2))  # starts a batch that waits 0.3 s for more
+    processor.reconfigure(max_batch_size=1)
+    later = [processor.enqueue_predict(np.full(2, float(i))) for i in range(1, 11)]
+    np.testing.assert_array_equal(first.result(5), np.zeros(2))
+    for i, f in enumerate(later, 1):
+        np.testing.assert_array_equal(f.result(5), np.full(2, 2.0 * i))
+    assert [len(b) for b in gate.batches] == [1] * 11
+
+
+def test_get_stats_reports_the_limits_in_force(make_processor):
+    processor = make_processor(lambda b: b, max_batch_size=8, batch_timeout=0.02, target_latency_ms=50.0)
+    processor.enqueue_predict(np.ones(2)).result(5)
+    stats = processor.get_stats()
+    assert (stats["config_max_batch_size"], stats["config_min_batch_size"]) == (8, 1)
+    assert stats["config_batch_timeout_ms"] == pytest.approx(20.0)
+    assert stats["config_target_latency_ms"] == 50.0
+    assert stats["max_batch_size"] == 1  # the largest batch seen, as the classic statistics have it
+    processor.reconfigure(max_batch_size=4, batch_timeout=0.5)
+    stats = processor.get_stats()
+    assert stats["config_max_batch_size"] == 4 and stats["config_batch_timeout_ms"] == pytest.approx(500.0)

@@ -98,7 +98,7 @@ def test_variable_length_fields_are_each_a_padded_batch(make_processor):
         ids, pixels = batch["ids"], batch["pixels"]
         return {"tokens": ids.data * 2, "brightness": pixels.data.mean(axis=(1, 2))}
 
-    processor = make_processor(func, variable_length=True, trim_results=True, pad_value=-1, max_batch_size=8)
+    processor = make_processor(func, variable_length=True, trim_results=("tokens",), pad_value=-1, max_batch_size=8)
     processor.pause()
     items = [{"ids": np.arange(n, dtype=np.int64), "pixels": np.full((m, 3), float(n))}
              for n, m in ((3, 2), (1, 4), (5, 1))]

@@ -214,3 +214,32 @@ def test_a_split_item_cannot_be_cancelled_once_a_part_has_started(make_processor
     assert not big.cancel() and not big.cancelled()
     gate.release.set()
     np.testing.assert_array_equal(big.result(5), np.arange(4.0).reshape(4, 1) * 2)
+
+
+def test_parts_returning_different_kinds_fail_with_a_result_mismatch(make_processor):
+    calls = []
+
+    def func(batch):
+        calls.append(len(batch))
+        return list(batch.sum(axis=1)) if len(calls) == 2 else batch.sum(axis=1)
+
+    processor = make_processor(func, max_batch_size=2, max_retries=0, isolate_failures=False)
+    future = processor.enqueue_predict(np.ones((6, 3)))
+    with pytest.raises(fastbatch.ResultMismatchError,
+                       match=r"returned results of different kinds \(part 0: ndarray of shape \(2,\), "
+                             r"part 1: list, part 2: ndarray of shape \(2,\)\)"):
+        future.result(5)
+    assert calls == [2, 2, 2]
+
+
+def test_parts_whose_arrays_cannot_be_joined_fail_with_a_result_mismatch(make_processor):
+    calls = []
+
+    def func(batch):
+        calls.append(len(batch))
+        return np.ones((len(batch), len(calls)))  # a different width per part
+
+    processor = make_processor(func, max_batch_size=2, max_retries=0)
+    with pytest.raises(fastbatch.ResultMismatchError, match=r"cannot be joined \(part 0: ndarray of shape \(2, 1\), "
+                                                             r"part 1: ndarray of shape \(2, 2\)\)"):
+        processor.enqueue_predict(np.ones((4, 3))).result(5)

@@ -72,3 +72,21 @@ def test_the_target_shortens_the_wait_for_more_items(make_processor):
     processor.sizer.ema_processing_s = 0.01  # scripted: batches take 10 ms
     assert processor.sizer.max_wait_s() == pytest.approx(0.04)
     np.testing.assert_array_equal(processor.enqueue_predict(np.ones(2)).result(timeout=10), np.full(2, 2.0))
+
+
+def test_only_items_ahead_in_priority_order_count_for_shedding(make_processor, gate):
+    processor = _loaded(make_processor, gate, target_latency_ms=300.0)
+    low = fastbatch.BatchPriority.BACKGROUND
+    # 100 ms per batch of 4, half the running one: 8 BACKGROUND items fit in 250 ms.
+    background = [processor.enqueue_predict(np.full(2, 100.0 + i), priority=low) for i in range(8)]
+    with pytest.raises(fastbatch.OverloadedError, match=r"\(8 samples queued ahead of it\)"):
+        processor.enqueue(np.ones(2), priority=low)
+    # Nothing is ahead of a CRITICAL item: it runs in the very next batch, so it is taken.
+    critical = processor.enqueue_predict(np.full(2, 1.0), priority=fastbatch.BatchPriority.CRITICAL)
+    normal = processor.enqueue_predict(np.full(2, 2.0))  # behind the CRITICAL one only
+    gate.release.set()
+    np.testing.assert_array_equal(critical.result(5), np.full(2, 2.0))
+    np.testing.assert_array_equal(normal.result(5), np.full(2, 4.0))
+    assert all(f.result(5) is not None for f in background)
+    assert [float(row[0]) for row in gate.batches[1][:2]] == [1.0, 2.0]  # the next batch, first
+    assert processor.get_stats()["total_shed"] == 1

@@ -153,3 +153,16 @@ def test_tensors_among_generic_items_stay_generic(make_processor):
     assert processor.enqueue_predict("a").result(5) == "str"
     futures = [processor.enqueue_predict(torch.ones(2)), processor.enqueue_predict("b")]
     assert [f.result(5) for f in futures] == ["Tensor", "str"]
+
+
+@pytest.mark.parametrize("shape", [(5, 4), (7,), (0, 4)])
+def test_variable_length_refuses_tensors_at_the_call(make_processor, shape):
+    # A padded batch is for numpy arrays: a tensor is refused, never joined with another.
+    processor = make_processor(lambda b: b.lengths, variable_length=True, max_batch_size=8, batch_timeout=0.05)
+    good = processor.enqueue_predict(np.ones((3, 4)))
+    with pytest.raises(TypeError, match=r"a torch tensor \(shape .*\) cannot be a variable-length item.*\.numpy\(\)"):
+        processor.enqueue_predict(torch.ones(*shape))
+    with pytest.raises(TypeError, match="cannot be a variable-length item"):
+        processor.enqueue(torch.ones(*shape))
+    assert good.result(5) == 3
+    assert processor.get_stats()["total_submitted"] == 1

@@ -47,7 +47,7 @@ def test_frames_of_several_features_and_several_outputs(make_processor):
         pooled = (batch.data * batch.mask[:, :, None]).sum(axis=1) / batch.lengths[:, None]
         return {"tokens": batch.data + 1, "pooled": pooled}
 
-    processor = make_processor(func, variable_length=True, trim_results=True, max_batch_size=8)
+    processor = make_processor(func, variable_length=True, trim_results=("tokens",), max_batch_size=8)
     processor.pause()
     frames = [np.random.default_rng(n).random((n, 3)) for n in (2, 6, 4)]
     futures = [processor.enqueue_predict(x) for x in frames]
@@ -174,3 +174,70 @@ def test_bucket_by_length_batches_similar_lengths_together(make_processor, bucke
 def test_options_of_variable_length_need_it(field):
     with pytest.raises(ValueError, match=f"{field}=True: applies to variable-length items"):
         fastbatch.BatchProcessorConfig(**{field: True})
+
+
+def _pair(batch):
+    # One per-position output and one of a fixed width that happens to be 4.
+    return batch.data * 10, np.ones((len(batch), 4))
+
+
+def test_an_outputs_shape_never_depends_on_its_batchmates(make_processor):
+    processor = make_processor(_pair, variable_length=True, trim_results=(0,), max_batch_size=8)
+    alone = processor.enqueue_predict(np.arange(2.0)).result(5)
+    processor.pause()
+    short = processor.enqueue_predict(np.arange(2.0))
+    longer = processor.enqueue_predict(np.arange(4.0))  # L_max becomes 4, the second output's width
+    processor.resume()
+    together, other = short.result(5), longer.result(5)
+    np.testing.assert_array_equal(together[0], np.arange(2.0) * 10)  # declared: trimmed
+    assert together[1].shape == alone[1].shape == other[1].shape == (4,)  # not declared: its row
+
+
+def test_trim_results_true_declares_every_output_and_checks_each(make_processor):
+    processor = make_processor(_pair, variable_length=True, trim_results=True, max_batch_size=8,
+                               max_retries=0)
+    with pytest.raises(fastbatch.ResultMismatchError,
+                       match=r"output 1 per position, so it must have shape \(B, L_max, \.\.\.\) = \(1, 2, \.\.\.\) "
+                             r"for this batch, but it has shape \(1, 4\).*trim_results=\(0,\)"):
+        processor.enqueue_predict(np.arange(2.0)).result(5)
+
+
+def test_trim_results_by_key_and_names_the_result_lacks(make_processor):
+    def func(batch):
+        return {"hidden": batch.data + 1, "pooled": batch.data.sum(axis=1)}
+
+    processor = make_processor(func, variable_length=True, trim_results=("hidden",), max_batch_size=8)
+    processor.pause()
+    futures = [processor.enqueue_predict(np.arange(float(n))) for n in (3, 1, 2)]
+    processor.resume()
+    for n, f in zip((3, 1, 2), futures):
+        out = f.result(5)
+        np.testing.assert_array_equal(out["hidden"], np.arange(float(n)) + 1)
+        assert out["pooled"] == np.arange(float(n)).sum()
+    wrong = make_processor(func, variable_length=True, trim_results=("logits",), max_batch_size=8, max_retries=0)
+    with pytest.raises(fastbatch.ResultMismatchError, match=r"names outputs \['logits'\] that the batch function's "
+                                                             r"result does not have \(its outputs: \['hidden', 'pooled'\]\)"):
+        wrong.enqueue_predict(np.arange(2.0)).result(5)
+    single = make_processor(lambda b: b.data, variable_length=True, trim_results=(0,), max_batch_size=8,
+                            max_retries=0)
+    with pytest.raises(fastbatch.ResultMismatchError, match="returned one array of shape .*use trim_results=True"):
+        single.enqueue_predict(np.arange(2.0)).result(5)
+
+
+@pytest.mark.parametrize("value, error, fragment", [
+    ((), TypeError, "must be True, False, or a tuple"),
+    ("hidden", TypeError, "must be True, False, or a tuple"),
+    ((1.5,), TypeError, "must be True, False, or a tuple"),
+    ((True,), TypeError, "must be True, False, or a tuple"),
+    ((0, 0), ValueError, "names an output twice"),
+])
+def test_trim_results_names_are_checked(value, error, fragment):
+    with pytest.raises(error, match=fragment):
+        fastbatch.BatchProcessorConfig(variable_length=True, trim_results=value)
+
+
+def test_trim_results_accepts_a_list_of_names():
+    config = fastbatch.BatchProcessorConfig(variable_length=True, trim_results=[0, "hidden"])
+    assert config.trim_results == (0, "hidden")
+    with pytest.raises(ValueError, match="set variable_length=True too"):
+        fastbatch.BatchProcessorConfig(trim_results=(0,))
