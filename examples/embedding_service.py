@@ -124,12 +124,20 @@ def create_app(encoder: Any = None, config: fastbatch.BatchProcessorConfig | Non
         variable_length=True,         # each item: one sentence's token ids, any length
         bucket_by_length=True,        # batch sentences of similar length: less padding
         max_queue_size=4096,
-        target_latency_ms=2000.0,     # past this, answer 503 at once instead of queueing
+        queue_warning_threshold=2048,  # bursts of a few hundred are normal here
+        queue_critical_threshold=3072,
+        # Past this, answer 503 at once instead of queueing. The estimate is the batches
+        # ahead at the average batch time: long sentences take longer than the average.
+        target_latency_ms=2000.0,
     )
     processor = fastbatch.BatchProcessor(config, name="embeddings")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One call before serving: the first call of a torch model is slow (its
+        # initialisation), and that must not land on the first caller.
+        ids = encoder.tokenize("warm up")
+        encoder.embed(fastbatch.PaddedBatch(ids[None], np.array([len(ids)]), np.ones((1, len(ids)), bool)))
         processor.start(encoder.embed)
         try:
             yield
@@ -156,7 +164,15 @@ def create_app(encoder: Any = None, config: fastbatch.BatchProcessorConfig | Non
 
     @app.post("/embed_many")
     async def embed_many(request: EmbedManyRequest) -> dict[str, Any]:
-        vectors = await asyncio.gather(*(embed_one(t) for t in request.texts))
+        tasks = [asyncio.ensure_future(embed_one(t)) for t in request.texts]
+        try:
+            vectors = await asyncio.gather(*tasks)
+        except BaseException:
+            # One refused (503): the whole request fails, so the others need not run.
+            # Cancelling a task cancels its item, unless its batch has started.
+            for task in tasks:
+                task.cancel()
+            raise
         return {"embeddings": vectors, "model": encoder.name}
 
     @app.get("/stats")

@@ -14,12 +14,15 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import inspect
+import logging
 import threading
 import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ProcessorStoppedError
+
+logger = logging.getLogger("fastbatch")
 
 if TYPE_CHECKING:
     import asyncio
@@ -86,9 +89,6 @@ class BatchCall:
             raise TypeError(f"loop must be an asyncio event loop, not {type(loop).__name__}")
         if loop is not None and loop.is_closed():
             raise ValueError("loop is closed: give start() a running event loop")
-        if loop is not None and not is_coroutine_function(func):
-            raise TypeError(f"loop= is where a coroutine function (async def) runs, but {func!r} is not one: "
-                            "a plain batch function runs on the worker thread; drop loop=")
         if loop is not None and not loop.is_running():
             raise ValueError("loop is not running: start it (loop.run_forever() on its thread) before "
                              "start(fn, loop=loop), or leave loop out to have the processor run one")
@@ -102,13 +102,22 @@ class BatchCall:
         self._own_loop: asyncio.AbstractEventLoop | None = None
         self._own_thread: threading.Thread | None = None
         self._closed = False
+        # A loop given with a function that is not recognisably a coroutine function: the
+        # first call tells whether it returns coroutines; if not, the loop goes unused.
+        self._unsure_of_loop = loop is not None and not is_coroutine_function(func)
 
     def __call__(self, arg: Any, key: Any = None) -> Any:
         """``func(arg)``, or ``func(arg, key=key)`` for a function with a ``key`` parameter."""
         func: Callable[..., Any] = self.func
         result = func(arg, key=key) if self.takes_key else func(arg)
         if type(result) is types.CoroutineType:
+            self._unsure_of_loop = False
             return self._await(result)
+        if self._unsure_of_loop:
+            self._unsure_of_loop = False
+            logger.warning("fastbatch %s: start() was given loop=, but the batch function %r returned %s, not "
+                           "a coroutine: it runs on the worker thread and the loop is not used (drop loop=, "
+                           "or make the function async)", self.name, self.func, type(result).__name__)
         return result
 
     # -- coroutines ------------------------------------------------------------------------

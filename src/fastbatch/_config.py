@@ -176,7 +176,8 @@ class BatchProcessorConfig:
     every array of a tuple / dict of outputs); a tuple of positions / keys: those outputs
     of a tuple / dict result. A declared output must have shape ``(B, L_max, ...)``;
     anything else fails the batch with ``ResultMismatchError``, so an output's shape never
-    depends on which items shared its batch."""
+    depends on which items shared its batch. A list of per-sample results is handed out
+    as it is."""
     bucket_by_length: bool = False
     """With ``variable_length``: a batch is formed from waiting items of similar length
     (the oldest item always goes, with those closest to its length), so that batches
@@ -253,6 +254,8 @@ class BatchProcessorConfig:
         _check_int("isolation_budget", self.isolation_budget, 0)
         _check_int("max_lanes", self.max_lanes, 1)
         self._check_trim()
+        if not self.variable_length and not (type(self.pad_value) in (int, float) and self.pad_value == 0):
+            _fail(ValueError, "pad_value", self.pad_value, "applies to variable-length items: set variable_length=True too")
         for name in ("trim_results", "bucket_by_length"):
             value = getattr(self, name)
             if value is not False and self.variable_length is not True:
@@ -288,15 +291,17 @@ class BatchProcessorConfig:
         value = self.trim_results
         if isinstance(value, bool):
             return
-        if isinstance(value, (list, set, frozenset)):
+        if isinstance(value, list):
             value = tuple(value)
-        rule = ("must be True, False, or a tuple of the per-position outputs' positions (ints, for a "
+        rule = ("must be True, False, or a tuple of the per-position outputs' positions (ints >= 0, for a "
                 "tuple result) or keys (strs, for a dict result)")
         if not isinstance(value, tuple) or not value:
             _fail(TypeError, "trim_results", self.trim_results, rule)
         for name in value:
             if isinstance(name, bool) or not isinstance(name, (int, str)):
                 _fail(TypeError, "trim_results", self.trim_results, rule)
+            if isinstance(name, int) and name < 0:
+                _fail(ValueError, "trim_results", self.trim_results, rule)
         if len(set(value)) != len(value):
             _fail(ValueError, "trim_results", self.trim_results, "names an output twice")
         self.trim_results = value

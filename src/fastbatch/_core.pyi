@@ -167,7 +167,7 @@ class RequestQueue:
            that arrived after it was passed over.
 
         With a ``generation`` (>= 0): once ``interrupt()`` has moved the queue past it,
-        step 1 returns ``None`` and step 3 stops at once (see ``interrupt``).
+        step 1 returns ``None`` and step 3 ends without waiting (see ``interrupt``).
 
         ``enqueue_ns`` is an int64 array of the requests' enqueue timestamps.
         Raises ``ValueError`` for ``max_samples < 1``, ``max_bytes < 0``, a negative or
@@ -185,11 +185,14 @@ class RequestQueue:
         """How many times ``interrupt()`` was called."""
     def interrupt(self) -> None:
         """Move the queue to a new generation, ending early every ``take_batch`` given an
-        older one: one that has taken nothing yet returns ``None``; one filling a batch
-        (step 3) returns the requests taken so far at once, even if more are queued. For
-        a consumer whose limits changed (a smaller ``max_samples``, a shorter
-        ``linger``): it reads ``generation`` before its limits, and takes again with the
-        new ones when interrupted. A take given no generation (-1) is never interrupted."""
+        older one: one that has taken nothing yet returns ``None`` (even with requests
+        queued); one filling a batch (step 3) stops waiting and goes with what it holds
+        and the requests of its lane put before the interrupt that are next in queue
+        order and fit — none put after it. For a consumer whose limits changed (a
+        smaller ``max_samples``, a shorter ``linger``): it reads ``generation`` before
+        its limits, and takes again with the new ones when interrupted. A take given no
+        generation (-1) is never interrupted; with ``bucket``, an interrupted step 3 goes
+        with what it holds."""
     def pause(self) -> None:
         """Hold ``take_batch`` at step 1 until ``resume()`` or ``close()``."""
     def resume(self) -> None: ...

@@ -459,8 +459,10 @@ cdef class RequestQueue:
     # Queued samples per priority level (0..4; priorities outside are counted at the
     # nearest level): what is ahead of a new request in queue order.
     cdef int64_t _level_samples[_LEVELS]
-    # Counts interrupt() calls: a take given an older generation ends early.
+    # Counts interrupt() calls: a take given an older generation ends early, taking no
+    # request put after the latest interrupt (seq >= _interrupt_seq).
     cdef int64_t _generation
+    cdef uint64_t _interrupt_seq
     cdef uint64_t _seq
     cdef Py_ssize_t _consumers_waiting
     cdef Py_ssize_t _producers_waiting
@@ -744,7 +746,9 @@ cdef class RequestQueue:
         cdef Py_ssize_t removed
         cdef void* out
         cdef bint wake
-        if t.stage == 1:
+        if t.stage == 1 and t.generation >= 0 and t.generation != self._generation:
+            status = ST_TIMEOUT  # interrupted before taking anything: the caller starts over
+        elif t.stage == 1:
             # Step 1: a request, and not paused (a closed queue drains even when paused).
             while not (self._count > 0 and (not self._paused or self._closed)):
                 if self._closed:
@@ -786,9 +790,11 @@ cdef class RequestQueue:
             while t.samples < t.max_samples and (t.max_bytes == 0 or t.nbytes < t.max_bytes):
                 if q.tag != t.out[0].tag:
                     break  # reassigned while we looked at signals: its requests are not ours
-                if t.generation >= 0 and t.generation != self._generation:
-                    # Interrupted: the batch's limits changed. What is taken goes, under
-                    # the old ones; what comes next is taken under the new ones.
+                if t.generation >= 0 and t.generation != self._generation and (
+                        t.bucket or q.count == 0 or _lane_peek(q).seq >= self._interrupt_seq):
+                    # Interrupted: the batch's limits changed. It goes now, with what was
+                    # put before the interrupt (in queue order, as it fits); what is put
+                    # after is taken under the new limits.
                     break
                 if t.bucket and q.count > 0:
                     # Choose only once the lane can fill the batch, or the wait is over.
@@ -1216,6 +1222,7 @@ cdef class RequestQueue:
         (see ``_core.pyi``)."""
         self._lock_with_gil()
         self._generation += 1
+        self._interrupt_seq = self._seq
         fb_unlock(self._mutex)
         fb_notify_all(self._not_empty)
 

@@ -302,6 +302,12 @@ class Intake:
                 fields = self._describe_fields(item, key)
                 if fields is not None:
                     return fields
+            if self._variable:
+                # The batch function takes PaddedBatches: an object would reach it as itself
+                # and fail there (token ids as a list are the usual slip).
+                raise TypeError(f"a {type(item).__name__} item cannot be batched with variable_length=True: "
+                                "each item is a numpy array whose first axis may vary (or a tuple / dict "
+                                "of them); pass np.asarray(item)")
             if not self._said_generic:
                 self._first_generic(item)
             return 1, 0, (GENERIC, key)

@@ -113,9 +113,12 @@ class BatchProcessor(Generic[T, R]):
         (an event loop running in another thread, for a function bound to a client or
         session on that loop), else on an event loop of the processor's own.
 
+        A ``loop`` given with a function that turns out to return plain results is not
+        used (the ``fastbatch`` logger says so at the first batch).
+
         Raises:
             TypeError: ``process_func`` is not callable, or ``loop`` is not an event loop.
-            ValueError: ``loop`` is closed.
+            ValueError: ``loop`` is closed or not running.
             RuntimeError: the processor is already running or still stopping.
         """
         if not callable(process_func):
@@ -124,10 +127,10 @@ class BatchProcessor(Generic[T, R]):
             old = self._run
             if old is not None and old.state in (RUNNING, STOPPING):
                 raise RuntimeError(f"BatchProcessor {self.name!r} is already {old.state}")
-            if old is not None:
-                self._counters.close_run(old.accepted())
             run = Run(self.name, self.config, process_func, self.sizer, self.stats, self._counters,
                       self._paused, loop)
+            if old is not None:  # only once the new run exists: a refused start changes nothing
+                self._counters.close_run(old.accepted())
             self._intake.attach(run)
             self._run = run
             self.stats.arrivals.start(_backend.monotonic_ns() / 1e9, self._counters.submitted_before)
@@ -281,9 +284,9 @@ class BatchProcessor(Generic[T, R]):
                     batch_timeout: float | None = None) -> BatchProcessorConfig:
         """Change batch limits and timeout while running; they apply at once.
 
-        A batch the worker is waiting for or filling is released with what it holds (so
-        that an item enqueued after this returns is batched under the new limits), and
-        the next batch is formed with the new ones.
+        A batch the worker is waiting for or filling goes without waiting further, with
+        the items enqueued before the change, so that every item enqueued after this
+        returns is batched under the new limits. Nothing happens when no value changes.
 
         Validated as the config is (nothing changes when a value is refused). A new
         ``max_batch_size`` alone moves ``min_batch_size`` and ``initial_batch_size`` into
@@ -310,9 +313,9 @@ class BatchProcessor(Generic[T, R]):
             self.sizer.reconfigure(new)
             self._intake.reconfigure(new)
             run = self._run
-            if run is not None:
+            if run is not None and new != old:
                 # A batch the worker is waiting for or filling was planned with the old
-                # limits: it ends now (with what it holds) and the next uses the new ones.
+                # limits: it goes now, and the next is formed under the new ones.
                 run.queue.interrupt()
         logger.debug("fastbatch %s: reconfigured %s", self.name,
                      ", ".join(f"{k}={v!r}" for k, v in given.items()))

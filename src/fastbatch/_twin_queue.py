@@ -77,7 +77,7 @@ class RequestQueue:
 
     __slots__ = (
         "__weakref__", "_bytes", "_capacity", "_closed", "_idle_waiters", "_lingerers",
-        "_count", "_generation", "_lanes", "_level_samples", "_lock", "_n_lanes", "_need_bytes",
+        "_count", "_generation", "_interrupt_seq", "_lanes", "_level_samples", "_lock", "_n_lanes", "_need_bytes",
         "_need_lane", "_need_samples", "_not_empty", "_not_full", "_paused", "_prioritized", "_producers_waiting", "_row_dtype",
         "_row_lane", "_row_shape", "_samples", "_seq",
     )  # fmt: skip
@@ -97,7 +97,9 @@ class RequestQueue:
         # Queued samples per priority level (priorities outside 0..4 at the nearest).
         self._level_samples = [0] * _LEVELS
         self._closed = self._paused = False
-        self._generation = 0  # interrupt() calls: a take given an older one ends early
+        # interrupt() calls: a take given an older generation ends early, taking no
+        # request put after the latest interrupt (seq >= _interrupt_seq).
+        self._generation = self._interrupt_seq = 0
         self._lock = threading.Lock()
         # Consumers wait on _not_empty, producers on _not_full (as in Lib/queue.py).
         self._not_empty = threading.Condition(self._lock)
@@ -371,6 +373,8 @@ class RequestQueue:
         with self._lock:
             prioritized = self._prioritized
             # Step 1: wait for something to take (the fast path does not count as a waiter).
+            if generation >= 0 and generation != self._generation:
+                return None  # interrupted before taking anything: the caller starts over
             ready = self._count and (not self._paused or self._closed)
             if not ready and not self._wait_until_ready(timeout, generation):
                 return None
@@ -398,9 +402,11 @@ class RequestQueue:
             while room > 0 and (byte_room is None or byte_room > 0):
                 if lane.tag is not tag:
                     break  # reassigned meanwhile: its requests are not this batch's
-                if generation >= 0 and generation != self._generation:
-                    # Interrupted: the batch's limits changed. What is taken goes, under
-                    # the old ones; what comes next is taken under the new ones.
+                if generation >= 0 and generation != self._generation and (
+                        bucket or not queue or (queue[0][2] if prioritized else queue[0])[7] >= self._interrupt_seq):
+                    # Interrupted: the batch's limits changed. It goes now, with what was
+                    # put before the interrupt (in queue order, as it fits); what is put
+                    # after is taken under the new limits.
                     break
                 if bucket and queue:
                     # Choose only once the lane can fill the batch, or the wait is over.
@@ -571,6 +577,7 @@ class RequestQueue:
         (see ``_core.pyi``)."""
         with self._lock:
             self._generation += 1
+            self._interrupt_seq = self._seq
             self._not_empty.notify_all()
 
     def pause(self) -> None:

@@ -322,9 +322,11 @@ class Worker:
         splitter = _padded.PaddedSplit(batch.lengths, self.config.trim_results)
         result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
         del batch
-        if split:
+        if split or self.config.trim_results is not False:
+            # Declared outputs are checked whoever wants the result: the same batch
+            # fails for enqueue() as for enqueue_predict().
             rows: list[Any] = split_result(splitter, result, n)
-            return rows
+            return rows if split else None
         check_result(result, n)
         return None
 
@@ -377,9 +379,9 @@ class Worker:
         del padded, first
         result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
         del batch
-        if split:
-            rows: list[Any] = split_result(splitter, result, n)
-            return rows
+        if split or self.config.trim_results is not False:
+            rows: list[Any] = split_result(splitter, result, n)  # declared outputs checked, as above
+            return rows if split else None
         check_result(result, n)
         return None
 

@@ -5,8 +5,17 @@ a new request would wait behind."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
+
+
+def _until_taken(q):
+    """Until the taker holds the queued request (the queue has no event for it)."""
+    deadline = time.monotonic() + 5
+    while len(q) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert len(q) == 0
 
 
 def _taker(q, results, **kwargs):
@@ -25,7 +34,8 @@ def test_an_idle_take_ends_with_none_when_interrupted(core):
     assert len(q) == 0
 
 
-def test_a_filling_take_ends_with_what_it_holds_even_with_more_queued(core):
+@pytest.mark.parametrize("max_samples, joined", [(100, ["first", "b0", "b1", "b2"]), (3, ["first", "b0", "b1"])])
+def test_a_filling_take_goes_with_what_was_put_before_the_interrupt(core, max_samples, joined):
     q = core.RequestQueue()
     generation = q.generation
     q.put("first")
@@ -34,31 +44,55 @@ def test_a_filling_take_ends_with_what_it_holds_even_with_more_queued(core):
 
     def take():
         lingering.set()
-        got.append(q.take_batch(100, linger=60.0, timeout=5, generation=generation))
+        got.append(q.take_batch(max_samples, linger=60.0, timeout=5, generation=generation))
 
     taker = threading.Thread(target=take)
     taker.start()
     assert lingering.wait(5)
+    _until_taken(q)  # "first" is in the batch: the taker waits in step 3
+    for i in range(3):
+        q.put(f"b{i}")  # too few to fill the batch: the taker is not woken for them
     q.interrupt()
     for i in range(10):
         q.put(i)  # after the interrupt: never joins the old batch
     taker.join(10)
     assert not taker.is_alive()
-    assert got[0][0] == ["first"]
+    assert got[0][0] == joined  # put before the interrupt, as far as they fit
     items, _, _ = q.take_batch(100, linger=0.0, timeout=0, generation=q.generation)
-    assert items == list(range(10))
+    assert items == [f"b{i}" for i in range(3) if f"b{i}" not in joined] + list(range(10))
+
+
+def test_an_interrupted_bucketed_fill_goes_with_what_it_holds(core):
+    q = core.RequestQueue()
+    generation = q.generation
+    q.put("first", None, 1, 4)
+    got = []
+    lingering = threading.Event()
+
+    def take():
+        lingering.set()
+        got.append(q.take_batch(10, linger=60.0, timeout=5, bucket=True, generation=generation))
+
+    taker = threading.Thread(target=take)
+    taker.start()
+    assert lingering.wait(5)
+    _until_taken(q)
+    q.interrupt()
+    taker.join(10)
+    assert not taker.is_alive() and got[0][0] == ["first"]
 
 
 def test_an_interrupt_before_the_take_ends_it_at_once(core):
-    # The consumer read the generation, then its limits changed: its next take is stale.
+    # The consumer read the generation, then its limits changed: its next take is stale,
+    # whether requests are queued or not, and takes nothing under the stale limits.
     q = core.RequestQueue()
     generation = q.generation
     q.interrupt()
     assert q.take_batch(4, linger=60.0, timeout=60, generation=generation) is None
     q.put("a")
     q.put("b")
-    items, _, _ = q.take_batch(4, linger=60.0, timeout=0, generation=generation)
-    assert items == ["a"]  # the head always goes; nothing more under the stale limits
+    assert q.take_batch(4, linger=60.0, timeout=0, generation=generation) is None
+    assert len(q) == 2
 
 
 def test_a_take_without_generation_ignores_interrupts(core):

@@ -246,26 +246,50 @@ def test_an_abandoned_coroutine_is_cancelled_and_runs_its_cleanup(make_processor
     assert cleaned.wait(2), "the coroutine's finally block never ran"
 
 
-def test_start_refuses_a_loop_it_cannot_use(make_processor):
+def test_start_refuses_a_loop_that_is_not_running_and_changes_nothing(make_processor):
+    processor = make_processor(lambda b: b)
+    processor.enqueue_predict(np.ones(2)).result(5)
+    processor.stop()
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="test-loop")
-    thread.start()
-    processor = make_processor()
-    try:
-        with pytest.raises(TypeError, match=r"loop= is where a coroutine function \(async def\) runs.*drop loop="):
-            processor.start(lambda batch: batch, loop=loop)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
 
     async def model(batch):
         return batch
 
     try:
-        with pytest.raises(ValueError, match=r"loop is not running: start it"):
-            processor.start(model, loop=loop)  # stopped, not closed
+        for _ in range(2):
+            with pytest.raises(ValueError, match=r"loop is not running: start it"):
+                processor.start(model, loop=loop)  # not started yet (nor closed)
         assert not processor.is_running
+        assert processor.get_stats()["total_submitted"] == 1  # the refused starts counted nothing
     finally:
+        loop.close()
+
+
+def test_a_loop_given_with_a_plain_function_is_said_to_be_unused(make_processor, caplog):
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-loop")
+    thread.start()
+    processor = make_processor(max_batch_size=2)
+    try:
+        processor.start(lambda batch: batch * 2, loop=loop)
+        with caplog.at_level("WARNING", logger="fastbatch"):
+            np.testing.assert_array_equal(processor.enqueue_predict(np.ones(2)).result(5), np.full(2, 2.0))
+            np.testing.assert_array_equal(processor.enqueue_predict(np.ones(2)).result(5), np.full(2, 2.0))
+        said = [r.getMessage() for r in caplog.records if "loop is not used" in r.getMessage()]
+        assert len(said) == 1 and "returned ndarray, not a coroutine" in said[0]
+        processor.stop()
+
+        async def inner(batch):
+            return batch + 1
+
+        caplog.clear()
+        processor.start(lambda batch: inner(batch), loop=loop)  # returns a coroutine: runs on the loop
+        np.testing.assert_array_equal(processor.enqueue_predict(np.ones(2)).result(5), np.full(2, 2.0))
+        assert not [r for r in caplog.records if "loop is not used" in r.getMessage()]
+    finally:
+        processor.stop()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
         loop.close()
 
 

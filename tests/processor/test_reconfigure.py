@@ -125,3 +125,23 @@ def test_get_stats_reports_the_limits_in_force(make_processor):
     processor.reconfigure(max_batch_size=4, batch_timeout=0.5)
     stats = processor.get_stats()
     assert stats["config_max_batch_size"] == 4 and stats["config_batch_timeout_ms"] == pytest.approx(500.0)
+
+
+def test_a_filling_batch_keeps_the_items_enqueued_before_the_change(make_processor, gate):
+    processor = make_processor(gate, max_batch_size=16, initial_batch_size=16, batch_timeout=30.0,
+                               processing_strategy="fixed")
+    futures = [processor.enqueue_predict(np.full(2, float(i))) for i in range(4)]
+    processor.reconfigure(batch_timeout=0.01)  # the batch goes now, all four in it
+    for i, f in enumerate(futures):
+        np.testing.assert_array_equal(f.result(5), np.full(2, 2.0 * i))
+    assert [len(b) for b in gate.batches] == [4]
+
+
+def test_a_reconfigure_that_changes_nothing_leaves_the_batch_alone(make_processor, gate):
+    processor = make_processor(gate, max_batch_size=4, initial_batch_size=4, batch_timeout=30.0,
+                               processing_strategy="fixed")
+    first = processor.enqueue_predict(np.zeros(2))
+    processor.reconfigure(max_batch_size=4, batch_timeout=30.0)
+    rest = [processor.enqueue_predict(np.full(2, float(i))) for i in range(1, 4)]
+    assert all(f.result(5) is not None for f in [first, *rest])  # full at four: it goes
+    assert [len(b) for b in gate.batches] == [4]

@@ -230,10 +230,21 @@ def test_trim_results_by_key_and_names_the_result_lacks(make_processor):
     ((1.5,), TypeError, "must be True, False, or a tuple"),
     ((True,), TypeError, "must be True, False, or a tuple"),
     ((0, 0), ValueError, "names an output twice"),
+    ((-1,), ValueError, "ints >= 0"),
+    ({0}, TypeError, "must be True, False, or a tuple"),
 ])
 def test_trim_results_names_are_checked(value, error, fragment):
     with pytest.raises(error, match=fragment):
         fastbatch.BatchProcessorConfig(variable_length=True, trim_results=value)
+
+
+def test_a_misdeclared_output_fails_the_batch_for_enqueue_too(make_processor):
+    processor = make_processor(_pair, variable_length=True, trim_results=True, max_batch_size=8, max_retries=0,
+                               isolate_failures=False)
+    processor.enqueue(np.arange(2.0))  # no future: the batch still fails, counted and logged
+    processor.enqueue_predict(np.arange(3.0)).exception(5)
+    stats = processor.get_stats()
+    assert stats["total_failed"] == 2 and stats["total_processed"] == 0
 
 
 def test_trim_results_accepts_a_list_of_names():
@@ -241,3 +252,19 @@ def test_trim_results_accepts_a_list_of_names():
     assert config.trim_results == (0, "hidden")
     with pytest.raises(ValueError, match="set variable_length=True too"):
         fastbatch.BatchProcessorConfig(trim_results=(0,))
+
+
+@pytest.mark.parametrize("item", [[101, 2023, 102], np.float64(3.0), "token ids", (1, 2, 3)],
+                         ids=["list", "numpy scalar", "str", "tuple of ints"])
+def test_objects_are_refused_at_the_call(make_processor, item):
+    processor = make_processor(lambda b: b.lengths, variable_length=True, max_batch_size=8, batch_timeout=0.05)
+    good = processor.enqueue_predict(np.arange(3))
+    with pytest.raises(TypeError, match=r"item cannot be batched with variable_length=True.*np\.asarray\(item\)"):
+        processor.enqueue_predict(item)
+    assert good.result(5) == 3
+
+
+def test_pad_value_needs_variable_length():
+    with pytest.raises(ValueError, match=r"pad_value=-1: applies to variable-length items"):
+        fastbatch.BatchProcessorConfig(pad_value=-1)
+    assert fastbatch.BatchProcessorConfig(variable_length=True, pad_value=-1).pad_value == -1
