@@ -3,9 +3,10 @@
 One ``Worker`` runs on one thread (``fastbatch-worker-<name>``) for one run, and holds
 that run, never the processor. It owns the assembler and the batch windows of
 ``BatchStats``; what it shares with other threads is thread-safe by itself (the queue,
-the sizer, the counters, events) or written by it alone (``batch_started_ns``), except
-``inflight``, which it publishes under ``handoff`` so that a ``stop()`` past its deadline
-sees every taken item either in the batch or not taken at all.
+the sizer, the counters, events) or a ``Batch`` it alone changes (``current``), which it
+publishes under ``handoff`` so that a ``stop()`` past its deadline sees every taken item
+either in the batch or not taken at all. Everything about one batch lives on its
+``Batch``, nothing on the worker.
 """
 
 from __future__ import annotations
@@ -18,16 +19,15 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 
 from . import _backend, _padded, _tensors
 from ._adaptive import BatchSizer
+from ._batch import Batch
 from ._config import BatchProcessorConfig
 from ._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
                       ResultMismatchError)
 from ._future import add_note, fail_futures, forget_notes, resolve_batch, start_batch
-from ._lanes import ARRAY, FIELDS, PADDED, PADDED_FIELDS, TENSOR, Lane
+from ._lanes import ARRAY, FIELDS, PADDED, PADDED_FIELDS, TENSOR
 from ._results import check_result, check_sequence, split_result
 from ._stats import BatchStats
 from ._threads import ItemPool
@@ -56,20 +56,27 @@ class Worker:
         self.assembler = _backend.BatchAssembler()
         # Several inputs: one assembler per field position, made on first use.
         self.field_assemblers: list[Any] = []
-        self._lane: Lane | None = None  # the lane of the batch being run
         self.max_bytes = config.max_batch_bytes
-        # Read by the health monitor and stop(); written only here.
-        self.batch_started_ns = 0
+        # The batch taken and not yet resolved; read by the health monitor, the
+        # statistics, the intake and stop(), published under handoff.
+        self.current: Batch | None = None
         self.handoff = threading.Lock()  # taking a batch vs. abandoning the run
-        self.inflight: list[Any] = []  # the batch's futures; never mutated once published
         self._pool: ItemPool | None = None
         self._overran = False  # a per-item call outlived item_timeout
         self._batches_since_gc = 0
-        self._samples = 0  # samples of the batch being run
-        self._key: Any = None  # the key of the batch being run
-        # Variable-length batches: padded and real positions along the first axis.
-        self._padding = self._positions = 0
         self.thread = threading.Thread(target=self._run, name=f"fastbatch-worker-{self.name}", daemon=True)
+
+    @property
+    def batch_started_ns(self) -> int:
+        """When the batch running now started; 0 when none is running."""
+        batch = self.current
+        return batch.running_since_ns() if batch is not None else 0
+
+    @property
+    def inflight(self) -> list[Any]:
+        """The futures of the batch taken and not yet resolved (read under ``handoff``)."""
+        batch = self.current
+        return batch.futures if batch is not None else []
 
     # -- loop ---------------------------------------------------------------------------
 
@@ -82,7 +89,8 @@ class Worker:
             self.queue.close()
             message = f"BatchProcessor {self.name!r} stopped before this item was processed"
             with self.handoff:  # a crash between taking a batch and settling it
-                inflight, self.inflight = self.inflight, []
+                inflight = self.inflight
+                self.current = None
             if inflight:
                 fail_futures(inflight, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
                              counters=self.counters, taken=True)
@@ -147,14 +155,17 @@ class Worker:
                     items = [items[i] for i in keep]
                     futures = [futures[i] for i in keep]
                     enqueue_ns = enqueue_ns[keep]
-                self.inflight = futures
-            if items:
-                failures = self._run_batch(items, futures, enqueue_ns, start_ns, len(queue), lane)
+                batch = Batch(lane, items, futures, enqueue_ns, start_ns, len(queue), self)
+                self.current = batch
+            del items, futures, enqueue_ns, lane
+            if batch.items:
+                failures = self._run_batch(batch)
                 for exc in failures:
                     _release_frames(exc)
                 del failures
-            self.inflight = []
-            del items, futures, enqueue_ns, lane
+            self.current = None
+            batch.release()
+            del batch
 
     def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> int:
         """Fail items that will never run (thread-safe), counting each outcome once.
@@ -173,44 +184,35 @@ class Worker:
                                       run_callbacks=self.callbacks.submit, counters=self.counters,
                                       taken=taken, leaving=True)
 
-    def _run_batch(self, items: list[Any], futures: list[Any], enqueue_ns: npt.NDArray[Any],
-                   start_ns: int, queue_length: int, lane: Lane) -> list[BaseException]:
+    def _run_batch(self, batch: Batch) -> list[BaseException]:
         """Run one batch (the items of one lane); returns the exceptions its items failed with."""
         # Items from enqueue() carry no future: such a batch needs no result split.
-        with_futures = futures.count(None) != len(futures)
-        self.batch_started_ns = start_ns
-        samples = len(items)
-        calls = 1  # calls of the batch function this batch stands for
-        kind = lane.kind
-        self._key = lane.key
-        self._lane = lane
-        self._padding = self._positions = 0
+        with_futures = batch.wants_results
+        items, futures, start_ns = batch.items, batch.futures, batch.start_ns
+        kind = batch.kind
+        batch.set_running(True)
         try:
             if kind == ARRAY:
-                results, errors, samples = self._array_batch(items, with_futures)
+                results, errors = self._run_isolated(self._run_arrays, batch, with_futures)
             elif kind == PADDED:
-                results, errors = self._run_isolated(self._run_padded, items, with_futures)
+                results, errors = self._run_isolated(self._run_padded, batch, with_futures)
             elif kind == FIELDS:
-                self._samples = len(items)
-                results, errors = self._run_isolated(self._run_fields, items, with_futures)
-                samples = self._samples
+                results, errors = self._run_isolated(self._run_fields, batch, with_futures)
             elif kind == PADDED_FIELDS:
-                results, errors = self._run_isolated(self._run_padded_fields, items, with_futures)
+                results, errors = self._run_isolated(self._run_padded_fields, batch, with_futures)
             elif kind == TENSOR:
-                self._samples = len(items)
-                results, errors = self._run_isolated(self._run_tensors, items, with_futures)
-                samples = self._samples
+                results, errors = self._run_isolated(self._run_tensors, batch, with_futures)
             elif self.config.batch_generic_items:
-                results, errors = self._list_batch(items)
+                results, errors = self._list_batch(batch)
             else:
-                calls = len(items)  # one call per item: each counts as a batch of one
-                results, errors = self._itemwise_batch(items)
+                batch.calls = len(items)  # one call per item: each counts as a batch of one
+                results, errors = self._itemwise_batch(batch)
         except BaseException as exc:  # noqa: BLE001 - the user's function: fail the batch
             results, errors = None, dict.fromkeys(range(len(items)), _as_failure(exc))
         finally:
-            self.batch_started_ns = 0
-            self._lane = None
+            batch.set_running(False)
         end_ns = _backend.monotonic_ns()
+        samples, calls = batch.samples, batch.calls
         # The batch is counted before any future learns its outcome, so that whoever
         # sees a result sees its batch in the statistics; each item is counted as its
         # future changes (futures stop() failed meanwhile are not counted twice).
@@ -218,10 +220,11 @@ class Worker:
         no_future_failed = sum(1 for i in errors if futures[i] is None) if errors else 0
         ran = len(errors) < len(items)
         self.counters.add(batches=calls, samples=samples if ran else 0,
-                          pad_positions=self._padding if ran else 0,
-                          real_positions=self._positions if ran else 0,
+                          pad_positions=batch.pad_positions if ran else 0,
+                          real_positions=batch.real_positions if ran else 0,
                           processed=without - no_future_failed, failed=no_future_failed,
                           in_flight=-without)
+        queue_length, enqueue_ns = batch.queue_length, batch.enqueue_ns
         if calls == 1:
             self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=samples,
                                     queue_length=queue_length, enqueue_ns=enqueue_ns)
@@ -270,29 +273,25 @@ class Worker:
                 # Items from enqueue() have no future: the log is the only place to report.
                 logger.error("fastbatch %s: %d item(s) failed: %r", self.name, without, exc)
 
-    # -- the three kinds of batch ---------------------------------------------------------
+    # -- the kinds of batch ------------------------------------------------------------
     # Each returns (results or None, {item index: exception} for the items that failed).
 
-    def _array_batch(self, items: list[npt.NDArray[Any]], split: bool
-                     ) -> tuple[list[Any] | None, dict[int, BaseException], int]:
-        self._samples = len(items)  # replaced by the real count once the batch is assembled
-        results, errors = self._run_isolated(self._run_arrays, items, split)
-        return results, errors, self._samples
-
-    def _list_batch(self, items: list[Any]) -> tuple[list[Any], dict[int, BaseException]]:
-        results, errors = self._run_isolated(self._run_list, items, True)
-        return results if results is not None else [None] * len(items), errors
+    def _list_batch(self, batch: Batch) -> tuple[list[Any], dict[int, BaseException]]:
+        results, errors = self._run_isolated(self._run_list, batch, True)
+        return results if results is not None else [None] * len(batch.items), errors
 
     # The parts are methods, not closures: a closure's cells would keep the batch's items
-    # alive through the frames a failure's traceback reaches (see _release_frames).
+    # alive through the frames a failure's traceback reaches (see _release_frames). Each
+    # runs items[lo:hi] of ``job``; the whole batch (with retries) sets its sample count.
 
-    def _run_arrays(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any] | None:
+    def _run_arrays(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
+        items = job.items
         whole = hi - lo == len(items)
         batch = self.assembler.assemble(items if whole else items[lo:hi])
         n = len(batch)
         if whole:
-            self._samples = n
-        result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
+            job.samples = n
+        result = self._call_with_retries(batch, n, job.key) if whole else self.func(batch, job.key)
         del batch  # our reference must not keep the assembler from reusing its buffer
         if split:
             rows: list[Any] = split_result(self.assembler, result, n)
@@ -300,27 +299,29 @@ class Worker:
         check_result(result, n)
         return None
 
-    def _run_tensors(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any] | None:
+    def _run_tensors(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
+        items = job.items
         whole = hi - lo == len(items)
         part = items if whole else items[lo:hi]
         batch = _tensors.assemble(part)
         n = len(batch)
         if whole:
-            self._samples = n
-        result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
+            job.samples = n
+        result = self._call_with_retries(batch, n, job.key) if whole else self.func(batch, job.key)
         del batch
         rows = _tensors.split(result, part, n)
         return rows if split else None
 
-    def _run_padded(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any] | None:
+    def _run_padded(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
+        items = job.items
         whole = hi - lo == len(items)
         batch = _padded.assemble(items if whole else items[lo:hi], self.config.pad_value)
         n = len(batch)
         if whole:
-            self._positions = int(batch.lengths.sum())
-            self._padding = batch.mask.size - self._positions
+            job.real_positions = int(batch.lengths.sum())
+            job.pad_positions = batch.mask.size - job.real_positions
         splitter = _padded.PaddedSplit(batch.lengths, self.config.trim_results)
-        result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
+        result = self._call_with_retries(batch, n, job.key) if whole else self.func(batch, job.key)
         del batch
         if split or self.config.trim_results is not False:
             # Declared outputs are checked whoever wants the result: the same batch
@@ -330,31 +331,31 @@ class Worker:
         check_result(result, n)
         return None
 
-    def _field_columns(self, part: list[Any]) -> list[list[Any]]:
-        """Per field of the current lane, the field's array of every item in ``part``."""
-        lane = self._lane
-        assert lane is not None
-        return [[item[name] for item in part] for name, _, _ in lane.fields]
+    @staticmethod
+    def _field_columns(job: Batch, part: list[Any]) -> list[list[Any]]:
+        """Per field of the batch's lane, the field's array of every item in ``part``."""
+        return [[item[name] for item in part] for name, _, _ in job.lane.fields]
 
-    def _as_container(self, batches: list[Any]) -> Any:
-        lane = self._lane
-        assert lane is not None
+    @staticmethod
+    def _as_container(job: Batch, batches: list[Any]) -> Any:
+        lane = job.lane
         if lane.container == "dict":
             return {name: b for (name, _, _), b in zip(lane.fields, batches)}
         return tuple(batches)
 
-    def _run_fields(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any] | None:
+    def _run_fields(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
+        items = job.items
         whole = hi - lo == len(items)
-        columns = self._field_columns(items if whole else items[lo:hi])
+        columns = self._field_columns(job, items if whole else items[lo:hi])
         assemblers = self.field_assemblers
         while len(assemblers) < len(columns):
             assemblers.append(_backend.BatchAssembler())
-        batch = self._as_container([a.assemble(c) for a, c in zip(assemblers, columns)])
+        batch = self._as_container(job, [a.assemble(c) for a, c in zip(assemblers, columns)])
         del columns
         n = len(next(iter(batch.values())) if isinstance(batch, dict) else batch[0])
         if whole:
-            self._samples = n
-        result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
+            job.samples = n
+        result = self._call_with_retries(batch, n, job.key) if whole else self.func(batch, job.key)
         del batch  # our references must not keep the assemblers from reusing their buffers
         if split:
             # Every field of an item has the same sample count: the first field's rows split.
@@ -363,21 +364,22 @@ class Worker:
         check_result(result, n)
         return None
 
-    def _run_padded_fields(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any] | None:
+    def _run_padded_fields(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
+        items = job.items
         whole = hi - lo == len(items)
-        columns = self._field_columns(items if whole else items[lo:hi])
+        columns = self._field_columns(job, items if whole else items[lo:hi])
         pad_value = self.config.pad_value
         padded = [_padded.assemble(c, pad_value) for c in columns]
         del columns
         n = len(padded[0])
         first = padded[0]
         if whole:  # padding statistics and trim_results follow the first field
-            self._positions = int(first.lengths.sum())
-            self._padding = first.mask.size - self._positions
+            job.real_positions = int(first.lengths.sum())
+            job.pad_positions = first.mask.size - job.real_positions
         splitter = _padded.PaddedSplit(first.lengths, self.config.trim_results)
-        batch = self._as_container(padded)
+        batch = self._as_container(job, padded)
         del padded, first
-        result = self._call_with_retries(batch, n, self._key) if whole else self.func(batch, self._key)
+        result = self._call_with_retries(batch, n, job.key) if whole else self.func(batch, job.key)
         del batch
         if split or self.config.trim_results is not False:
             rows: list[Any] = split_result(splitter, result, n)  # declared outputs checked, as above
@@ -385,14 +387,15 @@ class Worker:
         check_result(result, n)
         return None
 
-    def _run_list(self, items: list[Any], lo: int, hi: int, split: bool) -> list[Any]:
+    def _run_list(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any]:
+        items = job.items
         part = items if hi - lo == len(items) else items[lo:hi]
-        result = self._call_with_retries(part, len(part), self._key) if part is items else self.func(part, self._key)
+        result = self._call_with_retries(part, len(part), job.key) if part is items else self.func(part, job.key)
         check_sequence(result, len(part))
         return list(result)
 
-    def _run_isolated(self, run: Callable[[list[Any], int, int, bool], list[Any] | None],
-                      items: list[Any], split: bool) -> tuple[list[Any] | None, dict[int, BaseException]]:
+    def _run_isolated(self, run: Callable[[Batch, int, int, bool], list[Any] | None],
+                      job: Batch, split: bool) -> tuple[list[Any] | None, dict[int, BaseException]]:
         """``run(0, n)`` (with retries); if it still fails, bisect to find the culprits.
 
         Each half of a failing range gets one call; a half that fails is split again,
@@ -406,9 +409,9 @@ class Worker:
         item not yet served fails with the batch's first error. One level is not enough:
         two poisonous items in different halves look the same at the first split.
         """
-        n = len(items)
+        n = len(job.items)
         try:
-            whole = run(items, 0, n, split)
+            whole = run(job, 0, n, split)
             return whole, {}
         except ResultMismatchError as exc:
             return None, dict.fromkeys(range(n), exc)
@@ -435,7 +438,7 @@ class Worker:
             for a, b in ((lo, mid), (mid, hi)):
                 budget -= 1
                 try:
-                    part = run(items, a, b, split)
+                    part = run(job, a, b, split)
                 except ResultMismatchError as bad:
                     errors.update(dict.fromkeys(range(a, b), bad))
                 except Exception as sub:  # noqa: BLE001 - narrowed further
@@ -455,11 +458,12 @@ class Worker:
             failing.extend((a, b, e, alike + 1 if same else 0) for a, b, e in halves)
         return results, errors
 
-    def _itemwise_batch(self, items: list[Any]) -> tuple[list[Any], dict[int, BaseException]]:
+    def _itemwise_batch(self, batch: Batch) -> tuple[list[Any], dict[int, BaseException]]:
         """The classic behaviour for non-array items: one call each on ``max_workers`` threads."""
+        items = batch.items
         if self._pool is None:
             self._pool = ItemPool(self.name, self.config.max_workers, self.run.batch_threads)
-        run_one = functools.partial(self._call_with_retries, samples=1, key=self._key)
+        run_one = functools.partial(self._call_with_retries, samples=1, key=batch.key)
         calls = [self._pool.submit(run_one, item) for item in items]
         concurrent.futures.wait(calls, timeout=self.config.item_timeout)
         results: list[Any] = [None] * len(items)
