@@ -152,6 +152,7 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
             start_batch = getattr(_future, "start_batch", None)
             resolve_batch = getattr(_future, "resolve_batch", None)
             split_result = getattr(_results, "split_result", None) if _results is not None else None
+            kept = getattr(_results, "kept", None) if _results is not None else None
             stats, sizer = p.stats, p.sizer
             mono = core.monotonic_ns
             for _ in batches:
@@ -168,7 +169,13 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
                 result = batch * 2
                 del batch
                 t4 = perf_ns()
-                pieces = split_result(asm, result, BATCH) if split_result is not None else asm.split(result)
+                if split_result is None:
+                    pieces = asm.split(result)
+                elif kept is not None:  # the worker asks whether the result is kept, then splits
+                    shared = kept(result)
+                    pieces = split_result(asm, result, BATCH, shared)
+                else:
+                    pieces = split_result(asm, result, BATCH)
                 t5 = perf_ns()
                 if resolve_batch is not None:
                     resolve_batch(futures, pieces)

@@ -29,10 +29,21 @@ _ndarray = np.ndarray
 _BASE_REFS = 3
 
 
-def _shared(result: Any, refs: int, fresh: int) -> bool:
+def kept(result: Any) -> bool:
+    """Whether the batch function may still hold ``result`` (its own preallocated output,
+    a container it refills): more references than a result made for this call alone.
+
+    The one place that asks, for every kind of batch. Call it as ``kept(result)`` right
+    after the call, with ``result`` a local of the caller and no other reference to it:
+    that is the shape the count of a fresh result is calibrated on.
+    """
+    return sys.getrefcount(result) > _FRESH_REFS
+
+
+def _shared(result: Any, kept: bool) -> bool:
     """Whether ``result``'s memory is reachable other than through ``result`` itself:
-    ``refs`` references where a result made for this call alone has ``fresh``."""
-    if refs > fresh:
+    the function keeps it, or it is a view of memory something else holds."""
+    if kept:
         return True
     node = result.base
     while node is not None:
@@ -57,26 +68,21 @@ def _private_fields(fields: list[Any], kept: bool) -> list[Any]:
     if kept:
         return [np.array(f) for f in fields]
     refs = _field_refs(fields)
-    return [np.array(f) if f.__class__ is not _ndarray or _shared(f, r, _FRESH_FIELD_REFS) else f
+    return [np.array(f) if f.__class__ is not _ndarray or _shared(f, r > _FRESH_FIELD_REFS) else f
             for f, r in zip(fields, refs)]
 
 
-def split_result(assembler: Any, result: Any, samples: int, _probe: bool = False) -> Any:
-    """One result per item of the batch ``assembler`` assembled last.
+def split_result(assembler: Any, result: Any, samples: int, kept: bool) -> Any:
+    """One result per item of the batch ``assembler`` assembled last (or its splitter's).
 
-    Call it as ``split_result(assembler, result, samples)`` with ``result`` a local of the
-    caller and no other reference to it: that is the shape the reference count of a
-    fresh result is calibrated on.
+    ``kept``: what :func:`kept` said of the result right after the call.
 
     Raises:
         ResultMismatchError: a result that is none of the accepted kinds, or whose
             leading dimension is not the batch's sample count.
     """
-    refs = sys.getrefcount(result)
-    if _probe:
-        return refs
     if isinstance(result, _ndarray):  # subclasses too (a memmap the function rewrites)
-        if result.__class__ is not _ndarray or _shared(result, refs, _FRESH_REFS):
+        if result.__class__ is not _ndarray or _shared(result, kept):
             result = np.array(result)  # a plain copy
         rows: list[Any] = assembler.split(result)
         return rows
@@ -84,9 +90,8 @@ def split_result(assembler: Any, result: Any, samples: int, _probe: bool = False
     if outputs is None:
         rows = assembler.split(result)
         return rows
-    # A container the function keeps (and refills) has more references than a fresh one:
-    # then every field is copied.
-    fields = _private_fields([result[k] for k in outputs], refs > _FRESH_REFS)
+    # A container the function keeps (and refills): then every field is copied.
+    fields = _private_fields([result[k] for k in outputs], kept)
     split_fields = getattr(assembler, "split_fields", None)  # per output, when outputs differ
     columns = split_fields(outputs, fields) if split_fields is not None else [assembler.split(f) for f in fields]
     return join_outputs(result, outputs, columns)
@@ -123,6 +128,10 @@ def join_outputs(result: Any, keys: list[Any], columns: list[list[Any]]) -> list
     return [dict(zip(keys, row)) for row in zip(*columns)]
 
 
+def _probe_refs(result: Any) -> int:
+    return sys.getrefcount(result)  # as kept() reads it
+
+
 def _calibrate() -> tuple[int, int]:
     """The reference counts of results made for one call alone, seen where they are tested.
 
@@ -130,7 +139,7 @@ def _calibrate() -> tuple[int, int]:
     references passing an argument holds differs across Python versions.
     """
     result = np.empty(1)
-    fresh = split_result(None, result, 1, True)  # the worker's call shape: a local, passed on
+    fresh = _probe_refs(result)  # the worker's call shape: a local, passed on
     several = (np.empty(1),)
     fresh_field = _field_refs(list(several))[0]  # held by the tuple and the list, as in split_result
     return fresh, fresh_field
@@ -184,12 +193,6 @@ def _check_length(result: Any, samples: int) -> None:
                                   f"expected a sequence of {samples} results") from None
     if n != samples:
         raise ResultMismatchError(f"the batch function returned {n} results for a batch of {samples} samples")
-
-
-def fresh_refs() -> int:
-    """What ``sys.getrefcount(result)`` reads at the top of a split called the worker's way
-    for a result made for this call alone (for the tensor split, which is called so too)."""
-    return _FRESH_REFS
 
 
 def fresh_field_refs() -> int:

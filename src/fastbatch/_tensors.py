@@ -68,20 +68,18 @@ def assemble(items: list[Any]) -> Any:
     return torch.cat([t.unsqueeze(0) if t.ndim == 1 else t for t in items])
 
 
-def split(result: Any, items: list[Any], samples: int) -> list[Any]:
+def split(result: Any, items: list[Any], samples: int, kept: bool) -> list[Any]:
     """One result per item: a tensor (or tuple / dict of tensors) split by row, or a list.
 
-    Called as ``split(result, items, samples)`` with ``result`` a local of the caller, as
-    ``_results.split_result`` is: the reference count of a fresh result is calibrated there.
+    ``kept``: what ``_results.kept`` said of the result right after the call.
     """
-    refs = sys.getrefcount(result)
     tensor = tensor_type()
     if isinstance(result, tensor):
-        return _rows(_private(result, refs > _results.fresh_refs()), items, samples)
+        return _rows(_private(result, kept), items, samples)
     outputs = _results.several_outputs(result, samples, tensor, "a tensor")
     if outputs is not None:
         # A container the function keeps and refills: every field is cloned.
-        fields = _private_fields([result[k] for k in outputs], refs > _results.fresh_refs())
+        fields = _private_fields([result[k] for k in outputs], kept)
         return _results.join_outputs(result, outputs, [_rows(f, items, samples) for f in fields])
     if isinstance(result, (str, bytes, Mapping)) or not hasattr(result, "__len__"):
         raise ResultMismatchError(f"the batch function returned {type(result).__name__} for a batch of "

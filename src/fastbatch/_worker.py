@@ -20,15 +20,15 @@ from collections.abc import Callable
 from typing import Any
 
 
-from . import _backend, _padded, _tensors
+from . import _backend
 from ._adaptive import BatchSizer
 from ._batch import Batch
 from ._config import BatchProcessorConfig
 from ._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
                       ResultMismatchError)
 from ._future import add_note, fail_futures, forget_notes, resolve_batch, start_batch
-from ._lanes import ARRAY, FIELDS, PADDED, PADDED_FIELDS, TENSOR
-from ._results import check_result, check_sequence, split_result
+from ._kinds import Buffers, Kind, kind_of
+from ._results import kept
 from ._stats import BatchStats
 from ._threads import ItemPool
 
@@ -53,9 +53,7 @@ class Worker:
         self.counters = run.counters
         self.abort = run.abort
         self.callbacks = run.callbacks
-        self.assembler = _backend.BatchAssembler()
-        # Several inputs: one assembler per field position, made on first use.
-        self.field_assemblers: list[Any] = []
+        self.buffers = Buffers()  # this worker's own: batches never share a buffer
         self.max_bytes = config.max_batch_bytes
         # The batch taken and not yet resolved; read by the health monitor, the
         # statistics, the intake and stop(), published under handoff.
@@ -189,21 +187,11 @@ class Worker:
         # Items from enqueue() carry no future: such a batch needs no result split.
         with_futures = batch.wants_results
         items, futures, start_ns = batch.items, batch.futures, batch.start_ns
-        kind = batch.kind
+        kind = kind_of(batch, self.config.batch_generic_items)
         batch.set_running(True)
         try:
-            if kind == ARRAY:
-                results, errors = self._run_isolated(self._run_arrays, batch, with_futures)
-            elif kind == PADDED:
-                results, errors = self._run_isolated(self._run_padded, batch, with_futures)
-            elif kind == FIELDS:
-                results, errors = self._run_isolated(self._run_fields, batch, with_futures)
-            elif kind == PADDED_FIELDS:
-                results, errors = self._run_isolated(self._run_padded_fields, batch, with_futures)
-            elif kind == TENSOR:
-                results, errors = self._run_isolated(self._run_tensors, batch, with_futures)
-            elif self.config.batch_generic_items:
-                results, errors = self._list_batch(batch)
+            if kind is not None:
+                results, errors = self._run_isolated(kind, batch, with_futures)
             else:
                 batch.calls = len(items)  # one call per item: each counts as a batch of one
                 results, errors = self._itemwise_batch(batch)
@@ -273,130 +261,32 @@ class Worker:
                 # Items from enqueue() have no future: the log is the only place to report.
                 logger.error("fastbatch %s: %d item(s) failed: %r", self.name, without, exc)
 
-    # -- the kinds of batch ------------------------------------------------------------
-    # Each returns (results or None, {item index: exception} for the items that failed).
+    # -- one skeleton for every kind --------------------------------------------------
+    # Results or None, and {item index: exception} for the items that failed.
 
-    def _list_batch(self, batch: Batch) -> tuple[list[Any], dict[int, BaseException]]:
-        results, errors = self._run_isolated(self._run_list, batch, True)
-        return results if results is not None else [None] * len(batch.items), errors
+    def _run_part(self, kind: Kind, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
+        """Run items[lo:hi] of ``job``: assemble, call (the whole batch with retries), then
+        split the result per item (``split``) or only check it.
 
-    # The parts are methods, not closures: a closure's cells would keep the batch's items
-    # alive through the frames a failure's traceback reaches (see _release_frames). Each
-    # runs items[lo:hi] of ``job``; the whole batch (with retries) sets its sample count.
-
-    def _run_arrays(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
-        items = job.items
-        whole = hi - lo == len(items)
-        batch = self.assembler.assemble(items if whole else items[lo:hi])
-        n = len(batch)
-        if whole:
-            job.samples = n
-        result = self._call_with_retries(batch, n, job.key) if whole else self.func(batch, job.key)
-        del batch  # our reference must not keep the assembler from reusing its buffer
-        if split:
-            rows: list[Any] = split_result(self.assembler, result, n)
-            return rows
-        check_result(result, n)
-        return None
-
-    def _run_tensors(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
+        A method, not a closure: a closure's cells would keep the batch's items alive
+        through the frames a failure's traceback reaches (see _release_frames).
+        """
         items = job.items
         whole = hi - lo == len(items)
         part = items if whole else items[lo:hi]
-        batch = _tensors.assemble(part)
-        n = len(batch)
-        if whole:
-            job.samples = n
-        result = self._call_with_retries(batch, n, job.key) if whole else self.func(batch, job.key)
-        del batch
-        rows = _tensors.split(result, part, n)
-        return rows if split else None
-
-    def _run_padded(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
-        items = job.items
-        whole = hi - lo == len(items)
-        batch = _padded.assemble(items if whole else items[lo:hi], self.config.pad_value)
-        n = len(batch)
-        if whole:
-            job.real_positions = int(batch.lengths.sum())
-            job.pad_positions = batch.mask.size - job.real_positions
-        splitter = _padded.PaddedSplit(batch.lengths, self.config.trim_results)
-        result = self._call_with_retries(batch, n, job.key) if whole else self.func(batch, job.key)
-        del batch
-        if split or self.config.trim_results is not False:
-            # Declared outputs are checked whoever wants the result: the same batch
-            # fails for enqueue() as for enqueue_predict().
-            rows: list[Any] = split_result(splitter, result, n)
-            return rows if split else None
-        check_result(result, n)
-        return None
-
-    @staticmethod
-    def _field_columns(job: Batch, part: list[Any]) -> list[list[Any]]:
-        """Per field of the batch's lane, the field's array of every item in ``part``."""
-        return [[item[name] for item in part] for name, _, _ in job.lane.fields]
-
-    @staticmethod
-    def _as_container(job: Batch, batches: list[Any]) -> Any:
-        lane = job.lane
-        if lane.container == "dict":
-            return {name: b for (name, _, _), b in zip(lane.fields, batches)}
-        return tuple(batches)
-
-    def _run_fields(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
-        items = job.items
-        whole = hi - lo == len(items)
-        columns = self._field_columns(job, items if whole else items[lo:hi])
-        assemblers = self.field_assemblers
-        while len(assemblers) < len(columns):
-            assemblers.append(_backend.BatchAssembler())
-        batch = self._as_container(job, [a.assemble(c) for a, c in zip(assemblers, columns)])
-        del columns
-        n = len(next(iter(batch.values())) if isinstance(batch, dict) else batch[0])
-        if whole:
-            job.samples = n
-        result = self._call_with_retries(batch, n, job.key) if whole else self.func(batch, job.key)
-        del batch  # our references must not keep the assemblers from reusing their buffers
+        arg, n, splitter = kind.assemble(self.buffers, job, part, whole, self.config)
+        result = self._call_with_retries(arg, n, job.key) if whole else self.func(arg, job.key)
+        del arg  # our reference must not keep an assembler from reusing its buffer
         if split:
-            # Every field of an item has the same sample count: the first field's rows split.
-            rows: list[Any] = split_result(assemblers[0], result, n)
+            shared = kept(result)  # first, with the result held by this frame alone
+            rows: list[Any] = kind.split(splitter, part, result, n, shared)
             return rows
-        check_result(result, n)
+        kind.check(splitter, part, result, n, self.config)
         return None
 
-    def _run_padded_fields(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any] | None:
-        items = job.items
-        whole = hi - lo == len(items)
-        columns = self._field_columns(job, items if whole else items[lo:hi])
-        pad_value = self.config.pad_value
-        padded = [_padded.assemble(c, pad_value) for c in columns]
-        del columns
-        n = len(padded[0])
-        first = padded[0]
-        if whole:  # padding statistics and trim_results follow the first field
-            job.real_positions = int(first.lengths.sum())
-            job.pad_positions = first.mask.size - job.real_positions
-        splitter = _padded.PaddedSplit(first.lengths, self.config.trim_results)
-        batch = self._as_container(job, padded)
-        del padded, first
-        result = self._call_with_retries(batch, n, job.key) if whole else self.func(batch, job.key)
-        del batch
-        if split or self.config.trim_results is not False:
-            rows: list[Any] = split_result(splitter, result, n)  # declared outputs checked, as above
-            return rows if split else None
-        check_result(result, n)
-        return None
-
-    def _run_list(self, job: Batch, lo: int, hi: int, split: bool) -> list[Any]:
-        items = job.items
-        part = items if hi - lo == len(items) else items[lo:hi]
-        result = self._call_with_retries(part, len(part), job.key) if part is items else self.func(part, job.key)
-        check_sequence(result, len(part))
-        return list(result)
-
-    def _run_isolated(self, run: Callable[[Batch, int, int, bool], list[Any] | None],
-                      job: Batch, split: bool) -> tuple[list[Any] | None, dict[int, BaseException]]:
-        """``run(0, n)`` (with retries); if it still fails, bisect to find the culprits.
+    def _run_isolated(self, kind: Kind, job: Batch, split: bool
+                      ) -> tuple[list[Any] | None, dict[int, BaseException]]:
+        """The whole batch (with retries); if it still fails, bisect to find the culprits.
 
         Each half of a failing range gets one call; a half that fails is split again,
         down to single items, within ``isolation_budget`` extra calls. One poisonous item
@@ -411,7 +301,7 @@ class Worker:
         """
         n = len(job.items)
         try:
-            whole = run(job, 0, n, split)
+            whole = self._run_part(kind, job, 0, n, split)
             return whole, {}
         except ResultMismatchError as exc:
             return None, dict.fromkeys(range(n), exc)
@@ -438,7 +328,7 @@ class Worker:
             for a, b in ((lo, mid), (mid, hi)):
                 budget -= 1
                 try:
-                    part = run(job, a, b, split)
+                    part = self._run_part(kind, job, a, b, split)
                 except ResultMismatchError as bad:
                     errors.update(dict.fromkeys(range(a, b), bad))
                 except Exception as sub:  # noqa: BLE001 - narrowed further
