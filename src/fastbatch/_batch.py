@@ -3,8 +3,8 @@
 The worker that takes a batch makes its ``Batch`` and is the only thread that changes it.
 Once published (``Worker.current``), others read it without a lock: ``stop()`` reads
 ``futures`` (published under the worker's ``handoff`` lock, never mutated after) and the
-health monitor, the statistics and the intake read ``running_since_ns()``, a single
-attribute read.
+health monitor, the statistics and the intake read ``running_since_ns()`` (two
+attributes the worker sets, each read once).
 """
 
 from __future__ import annotations

@@ -46,9 +46,9 @@ class Kind(abc.ABC):
         """``(the function's argument, its sample count, what splits its result)``; for
         the whole batch, also set the batch's counts."""
 
-    def split(self, splitter: Any, part: list[Any], result: Any, samples: int, kept: bool) -> list[Any]:
+    def split(self, splitter: Any, part: list[Any], result: Any, samples: int, held: bool) -> list[Any]:
         """One result per item of ``part``."""
-        rows: list[Any] = split_result(splitter, result, samples, kept)
+        rows: list[Any] = split_result(splitter, result, samples, held)
         return rows
 
     def check(self, splitter: Any, part: list[Any], result: Any, samples: int, config: Any) -> None:
@@ -125,8 +125,8 @@ class _Tensors(Kind):
             job.samples = n
         return batch, n, None
 
-    def split(self, splitter: Any, part: list[Any], result: Any, samples: int, kept: bool) -> list[Any]:
-        return _tensors.split(result, part, samples, kept)
+    def split(self, splitter: Any, part: list[Any], result: Any, samples: int, held: bool) -> list[Any]:
+        return _tensors.split(result, part, samples, held)
 
     def check(self, splitter: Any, part: list[Any], result: Any, samples: int, config: Any) -> None:
         _tensors.split(result, part, samples, False)  # the same checks; the views are dropped
@@ -139,12 +139,12 @@ class _List(Kind):
                  ) -> tuple[Any, int, Any]:
         return part, len(part), None
 
-    def split(self, splitter: Any, part: list[Any], result: Any, samples: int, kept: bool) -> list[Any]:
+    def split(self, splitter: Any, part: list[Any], result: Any, samples: int, held: bool) -> list[Any]:
         check_sequence(result, samples)
         return list(result)
 
     def check(self, splitter: Any, part: list[Any], result: Any, samples: int, config: Any) -> None:
-        check_sequence(result, samples)
+        self.split(splitter, part, result, samples, False)  # iterated as for callers: it may fail
 
 
 def _count_padding(job: Batch, batch: _padded.PaddedBatch) -> None:

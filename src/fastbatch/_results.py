@@ -40,10 +40,10 @@ def kept(result: Any) -> bool:
     return sys.getrefcount(result) > _FRESH_REFS
 
 
-def _shared(result: Any, kept: bool) -> bool:
+def _shared(result: Any, held: bool) -> bool:
     """Whether ``result``'s memory is reachable other than through ``result`` itself:
-    the function keeps it, or it is a view of memory something else holds."""
-    if kept:
+    the function keeps it (``held``), or it is a view of memory something else holds."""
+    if held:
         return True
     node = result.base
     while node is not None:
@@ -64,25 +64,25 @@ def _field_refs(fields: Any) -> list[int]:
     return refs
 
 
-def _private_fields(fields: list[Any], kept: bool) -> list[Any]:
-    if kept:
+def _private_fields(fields: list[Any], held: bool) -> list[Any]:
+    if held:
         return [np.array(f) for f in fields]
     refs = _field_refs(fields)
     return [np.array(f) if f.__class__ is not _ndarray or _shared(f, r > _FRESH_FIELD_REFS) else f
             for f, r in zip(fields, refs)]
 
 
-def split_result(assembler: Any, result: Any, samples: int, kept: bool) -> Any:
+def split_result(assembler: Any, result: Any, samples: int, held: bool) -> Any:
     """One result per item of the batch ``assembler`` assembled last (or its splitter's).
 
-    ``kept``: what :func:`kept` said of the result right after the call.
+    ``held``: what :func:`kept` said of the result right after the call.
 
     Raises:
         ResultMismatchError: a result that is none of the accepted kinds, or whose
             leading dimension is not the batch's sample count.
     """
     if isinstance(result, _ndarray):  # subclasses too (a memmap the function rewrites)
-        if result.__class__ is not _ndarray or _shared(result, kept):
+        if result.__class__ is not _ndarray or _shared(result, held):
             result = np.array(result)  # a plain copy
         rows: list[Any] = assembler.split(result)
         return rows
@@ -91,7 +91,7 @@ def split_result(assembler: Any, result: Any, samples: int, kept: bool) -> Any:
         rows = assembler.split(result)
         return rows
     # A container the function keeps (and refills): then every field is copied.
-    fields = _private_fields([result[k] for k in outputs], kept)
+    fields = _private_fields([result[k] for k in outputs], held)
     split_fields = getattr(assembler, "split_fields", None)  # per output, when outputs differ
     columns = split_fields(outputs, fields) if split_fields is not None else [assembler.split(f) for f in fields]
     return join_outputs(result, outputs, columns)

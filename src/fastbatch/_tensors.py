@@ -68,18 +68,18 @@ def assemble(items: list[Any]) -> Any:
     return torch.cat([t.unsqueeze(0) if t.ndim == 1 else t for t in items])
 
 
-def split(result: Any, items: list[Any], samples: int, kept: bool) -> list[Any]:
+def split(result: Any, items: list[Any], samples: int, held: bool) -> list[Any]:
     """One result per item: a tensor (or tuple / dict of tensors) split by row, or a list.
 
-    ``kept``: what ``_results.kept`` said of the result right after the call.
+    ``held``: what ``_results.kept`` said of the result right after the call.
     """
     tensor = tensor_type()
     if isinstance(result, tensor):
-        return _rows(_private(result, kept), items, samples)
+        return _rows(_private(result, held), items, samples)
     outputs = _results.several_outputs(result, samples, tensor, "a tensor")
     if outputs is not None:
         # A container the function keeps and refills: every field is cloned.
-        fields = _private_fields([result[k] for k in outputs], kept)
+        fields = _private_fields([result[k] for k in outputs], held)
         return _results.join_outputs(result, outputs, [_rows(f, items, samples) for f in fields])
     if isinstance(result, (str, bytes, Mapping)) or not hasattr(result, "__len__"):
         raise ResultMismatchError(f"the batch function returned {type(result).__name__} for a batch of "
@@ -91,10 +91,10 @@ def split(result: Any, items: list[Any], samples: int, kept: bool) -> list[Any]:
     return _rows(result, items, samples)
 
 
-def _private_fields(fields: list[Any], kept: bool) -> list[Any]:
+def _private_fields(fields: list[Any], held: bool) -> list[Any]:
     refs = _results.field_refs(fields)
     fresh = _results.fresh_field_refs()
-    return [_private(f, kept or r > fresh) for f, r in zip(fields, refs)]
+    return [_private(f, held or r > fresh) for f, r in zip(fields, refs)]
 
 
 def _private(result: Any, shared: bool) -> Any:

@@ -1,7 +1,7 @@
 """The worker loop: take a batch, call the batch function, hand the results back.
 
 One ``Worker`` runs on one thread (``fastbatch-worker-<name>``) for one run, and holds
-that run, never the processor. It owns the assembler and the batch windows of
+that run, never the processor. It owns its assembly buffers and the batch windows of
 ``BatchStats``; what it shares with other threads is thread-safe by itself (the queue,
 the sizer, the counters, events) or a ``Batch`` it alone changes (``current``), which it
 publishes under ``handoff`` so that a ``stop()`` past its deadline sees every taken item
@@ -187,9 +187,9 @@ class Worker:
         # Items from enqueue() carry no future: such a batch needs no result split.
         with_futures = batch.wants_results
         items, futures, start_ns = batch.items, batch.futures, batch.start_ns
-        kind = kind_of(batch, self.config.batch_generic_items)
         batch.set_running(True)
         try:
+            kind = kind_of(batch, self.config.batch_generic_items)
             if kind is not None:
                 results, errors = self._run_isolated(kind, batch, with_futures)
             else:

@@ -178,3 +178,22 @@ def test_memory_owned_by_another_object_is_copied(make_processor):
     first = processor.enqueue_predict(row(2.0)).result(5)
     processor.enqueue_predict(row(9.0)).result(5)
     np.testing.assert_array_equal(first, row(2.0))
+
+
+def test_a_list_result_that_cannot_be_iterated_fails_enqueue_items_too(make_processor):
+    class Broken:
+        def __len__(self):
+            return 4
+
+        def __iter__(self):
+            raise RuntimeError("cannot iterate")
+
+    processor = make_processor(lambda items: Broken(), batch_generic_items=True, max_batch_size=4,
+                               max_retries=0, isolate_failures=False)
+    processor.pause()
+    for _ in range(4):
+        processor.enqueue(object())  # nobody reads these results: the batch still fails
+    processor.resume()
+    processor.stop(5)  # processes what is queued
+    stats = processor.get_stats()
+    assert stats["total_failed"] == 4 and stats["total_processed"] == 0
