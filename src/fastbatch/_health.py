@@ -62,13 +62,13 @@ class HealthMonitor:
         config: BatchProcessorConfig,
         sizer: BatchSizer,
         queue_size: Callable[[], int],
-        batch_started_ns: Callable[[], int],
+        running_since_ns: Callable[[], list[int]],
     ) -> None:
         self.name = name
         self.config = config
         self.sizer = sizer
         self._queue_size = queue_size
-        self._batch_started_ns = batch_started_ns
+        self._running_since_ns = running_since_ns
         self._process = psutil.Process()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -97,10 +97,16 @@ class HealthMonitor:
         """Measure now; with ``act``, also collect garbage, resize batches and log changes."""
         cfg = self.config
         reasons: dict[str, tuple[str, str]] = {}  # kind -> (level, text)
-        started = self._batch_started_ns()
-        running_s = (_backend.monotonic_ns() - started) / 1e9 if started else 0.0
-        if running_s > cfg.stuck_batch_timeout:
-            reasons["stuck"] = ("critical", f"a batch has been running for {running_s:.1f}s "
+        now_ns = _backend.monotonic_ns()
+        running = sorted(((now_ns - started) / 1e9 for started in self._running_since_ns()), reverse=True)
+        running_s = running[0] if running else 0.0  # the longest-running batch
+        stuck = [s for s in running if s > cfg.stuck_batch_timeout]
+        if len(stuck) == 1:
+            reasons["stuck"] = ("critical", f"a batch has been running for {stuck[0]:.1f}s "
+                                            f"(stuck_batch_timeout={cfg.stuck_batch_timeout}s)")
+        elif stuck:
+            reasons["stuck"] = ("critical", f"{len(stuck)} batches have been running for "
+                                            f"{', '.join(f'{s:.1f}s' for s in stuck)} "
                                             f"(stuck_batch_timeout={cfg.stuck_batch_timeout}s)")
         memory = self._process.memory_percent()
         if memory >= cfg.memory_critical_threshold:

@@ -337,7 +337,7 @@ class BatchProcessor(Generic[T, R]):
         stats.update(
             current_batch_size=self.sizer.size,
             system_load=self.sizer.load,
-            active_batches=1 if run is not None and run.worker.batch_started_ns else 0,
+            active_batches=len(run.running_since_ns()) if run is not None else 0,
             items_in_flight=max(0, counts["in_flight"]),
             queue_size=queued,
             is_paused=self._paused,

@@ -1,8 +1,9 @@
 """``Run``: one ``start()`` → ``stop()`` lifetime of a processor, and its stop protocol.
 
-A run owns everything that lives and dies with it: the request queue, the worker, the
-health monitor, the deadline reaper, the callback runner and the set of threads they
-start. It never refers to the ``BatchProcessor``: a worker that outlives its run (its batch
+A run owns everything that lives and dies with it: the request queue, the workers (each
+publishes the batch it runs: ``running_since_ns`` is what the health monitor, the
+statistics and the intake read of them), the health monitor, the deadline reaper, the
+callback runner and the set of threads they start. It never refers to the ``BatchProcessor``: a worker that outlives its run (its batch
 function overran ``stop(timeout)``) can only ever touch its own run, never the next one,
 and a processor nobody refers to any more can be collected and stopped (see
 ``BatchProcessor``'s finalizer).
@@ -10,9 +11,9 @@ and a processor nobody refers to any more can be collected and stopped (see
 The stop protocol, whoever calls it and however often:
 
 1. intake closes at once (the queue refuses puts);
-2. the caller waits up to ``timeout`` for the worker to drain the queue and exit;
-3. past it, the run is *abandoned*: what is queued and the batch in flight fail with
-   ``ProcessorStoppedError``; the worker gets ``STOP_GRACE_S`` to notice;
+2. the caller waits up to ``timeout`` for the workers to drain the queue and exit;
+3. past it, the run is *abandoned*: what is queued and the batches in flight fail with
+   ``ProcessorStoppedError``; the workers get ``STOP_GRACE_S`` to notice;
 4. the helpers stop; their threads are joined within what is left of the same grace.
 
 So ``stop(t)`` returns within ``t + STOP_GRACE_S`` (plus scheduling), and every future of
@@ -23,6 +24,7 @@ cannot wait for itself: it returns at once and the worker finishes the stop as i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -79,11 +81,15 @@ class Run:
             self.queue.pause()
         self.callbacks = CallbackRunner(name, self.helper_threads)
         self.reaper = DeadlineReaper(name, self.callbacks.submit, counters, self.helper_threads)
-        self.worker = Worker(self, config, self.call, sizer, stats)
-        self.batch_threads.add(self.worker.thread)
-        self.monitor = HealthMonitor(name, config, sizer, self.queue.__len__,
-                                     lambda: self.worker.batch_started_ns)
-        self.worker.thread.start()
+        # The workers, each taking and running batches on its own thread; the run ends
+        # when the last one is out (worker_exited).
+        self.workers: tuple[Worker, ...] = (Worker(self, config, self.call, sizer, stats),)
+        self._live_workers = len(self.workers)  # under _lock
+        for worker in self.workers:
+            self.batch_threads.add(worker.thread)
+        self.monitor = HealthMonitor(name, config, sizer, self.queue.__len__, self.running_since_ns)
+        for worker in self.workers:
+            worker.thread.start()
         if config.enable_health_monitoring:
             self.helper_threads.add(self.monitor.start())
 
@@ -92,6 +98,11 @@ class Run:
 
     def new_future(self) -> BatchFuture[Any]:
         return BatchFuture(self)
+
+    def running_since_ns(self) -> list[int]:
+        """When each batch running now started (the batch function called for it)."""
+        started = [w.batch_started_ns for w in self.workers]
+        return [t for t in started if t]
 
     def runs_batches_on(self, thread: threading.Thread) -> bool:
         """Whether ``thread`` runs this run's batch function (a wait there would deadlock)."""
@@ -129,15 +140,17 @@ class Run:
             return
         try:
             start_ns = _backend.monotonic_ns()
-            worker = self.worker.thread
+            threads = [w.thread for w in self.workers]
             # Every caller bounds its own wait: stop(0) fails what is left at once even
             # while another stop(None) is draining.
-            worker.join(timeout)
-            if worker.is_alive():
+            for thread in threads:
+                thread.join(self._left(start_ns, timeout, grace=0.0))
+            if any(t.is_alive() for t in threads):
                 self._abandon(timeout)
-                # Half the grace for the worker to notice; the rest for the helpers.
-                worker.join(max(0.0, (self._left(start_ns, timeout) or 0.0) - STOP_GRACE_S / 2))
-                if worker.is_alive():
+                # Half the grace for the workers to notice; the rest for the helpers.
+                for thread in threads:
+                    thread.join(max(0.0, (self._left(start_ns, timeout) or 0.0) - STOP_GRACE_S / 2))
+                if any(t.is_alive() for t in threads):
                     logger.warning("fastbatch %s: the batch function is still running after stop(); its "
                                    "items have failed and its thread is left to finish on its own", self.name)
             self._finish(lambda: self._left(start_ns, timeout))
@@ -146,30 +159,35 @@ class Run:
                 self._stoppers.discard(me)
 
     @staticmethod
-    def _left(start_ns: int, timeout: float | None) -> float | None:
-        """What remains of ``timeout + STOP_GRACE_S`` since ``start_ns`` (None: no bound)."""
+    def _left(start_ns: int, timeout: float | None, grace: float = STOP_GRACE_S) -> float | None:
+        """What remains of ``timeout + grace`` since ``start_ns`` (None: no bound)."""
         if timeout is None:
             return None
-        return max(0.0, timeout + STOP_GRACE_S - (_backend.monotonic_ns() - start_ns) / 1e9)
+        return max(0.0, timeout + grace - (_backend.monotonic_ns() - start_ns) / 1e9)
 
     def _abandon(self, timeout: float | None) -> None:
         """Past the stop deadline: fail what is queued and the batch in flight."""
         message = f"BatchProcessor {self.name!r} stopped (timeout={timeout}s) before this item was processed"
-        worker = self.worker
-        with worker.handoff:  # no batch can be half taken while we look at it
+        # Every worker's handoff held at once: no batch can be half taken while we look.
+        with contextlib.ExitStack() as held:
+            for worker in self.workers:
+                held.enter_context(worker.handoff)
             self.abort.set()
-            inflight = worker.inflight
+            inflight = [f for worker in self.workers for f in worker.inflight]
         _, futures, _ = self.queue.drain()
-        failed = worker.fail_leftovers(futures, message, taken=False)
+        failed = self.workers[0].fail_leftovers(futures, message, taken=False)
         failed += fail_futures(inflight, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
                                counters=self.counters, taken=True)
         with self._lock:  # every stopper past its deadline adds what it failed
             self.abandoned += failed
 
     def worker_exited(self) -> None:
-        """Called on the worker thread as it ends: the run is over, whoever asked."""
+        """Called on a worker's thread as it ends; the last one out ends the run, whoever asked."""
         with self._lock:
-            if self.state == RUNNING:  # the worker crashed: nobody called stop()
+            self._live_workers -= 1
+            if self._live_workers > 0:
+                return
+            if self.state == RUNNING:  # the workers crashed: nobody called stop()
                 self.state = STOPPING
                 self.queue.close()
         self._finish(lambda: _SELF_STOP_JOIN_S)

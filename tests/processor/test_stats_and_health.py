@@ -228,6 +228,21 @@ def test_health_reports_stuck_batch(make_processor, gate):
     gate.release.set()
 
 
+def test_health_reports_every_stuck_batch_with_the_longest_running_time():
+    from fastbatch import _backend
+    from fastbatch._health import HealthMonitor
+
+    config = BatchProcessorConfig(stuck_batch_timeout=5.0, enable_health_monitoring=False)
+    now = _backend.monotonic_ns()
+    running = [now - 9_000_000_000, now - 1_000_000_000, now - 7_000_000_000]  # scripted start times
+    monitor = HealthMonitor("scripted", config, BatchSizer(config), lambda: 0, lambda: list(running))
+    snap = monitor.check()
+    assert snap.status == "critical" and snap.batch_running_s >= 9.0
+    assert "2 batches have been running for 9.0s, 7.0s (stuck_batch_timeout=5.0s)" in snap.reasons[0]
+    running[:] = [now]
+    assert monitor.check().status == "ok"
+
+
 def test_health_memory_thresholds(make_processor):
     processor = make_processor(lambda b: b, memory_warning_threshold=0.001, memory_critical_threshold=0.002,
                                max_batch_size=100, initial_batch_size=80)

@@ -102,7 +102,7 @@ def test_an_abandoned_worker_never_touches_the_next_run(make_processor):
     assert poll(lambda: processor.get_stats()["is_stopping"])
     release_old.set()  # the old worker returns from its batch and exits
     old_workers = [t for t in threading.enumerate() if t.name == f"fastbatch-worker-{processor.name}"
-                   and t is not processor._run.worker.thread]
+                   and all(t is not w.thread for w in processor._run.workers)]
     assert join_threads(old_workers, timeout=5) == []
     # The new run is untouched: still stopping (draining), its deadlines still enforced.
     stats = processor.get_stats()
