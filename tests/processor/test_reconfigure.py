@@ -93,10 +93,18 @@ def test_reconfiguring_under_load_loses_nothing(make_processor):
 
 @pytest.mark.parametrize("strategy", ["fixed", "adaptive"])
 def test_a_new_batch_timeout_reaches_an_idle_processor(make_processor, strategy):
-    processor = make_processor(lambda b: b * 2, max_batch_size=2, batch_timeout=30.0,
-                               processing_strategy=strategy)
-    pair = [processor.enqueue_predict(np.ones(2)) for _ in range(2)]  # a full batch goes at once
-    assert all(f.result(5) is not None for f in pair)  # the worker is idle again, its wait planned
+    processor = make_processor(max_batch_size=2, batch_timeout=30.0, processing_strategy=strategy)
+    planned = threading.Event()
+    max_wait_s = processor.sizer.max_wait_s
+
+    def planning() -> float:  # the worker plans its next batch's wait: it is idle then
+        wait = max_wait_s()
+        planned.set()
+        return wait
+
+    processor.sizer.max_wait_s = planning
+    processor.start(lambda b: b * 2)
+    assert planned.wait(5)  # the worker has planned a 30 s wait for its next batch
     processor.reconfigure(batch_timeout=0.001)
     # Under the old timeout this lone item would wait 30 s for a second one.
     np.testing.assert_array_equal(processor.enqueue_predict(np.ones(2)).result(5), np.full(2, 2.0))
