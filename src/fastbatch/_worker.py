@@ -127,9 +127,7 @@ class Worker:
                     if until_ns:
                         until_ns = min(until_ns, now_ns + int(cap * 1e9))
                 except Exception:  # noqa: BLE001 - a planning bug must not stop the batches
-                    logger.exception("fastbatch %s: the batching policy failed; the classic rule "
-                                     "(wait batch_timeout from the first item) applies from now on", self.name)
-                    self.sizer.drop_policy()
+                    self._policy_failed()
                     policy = None
             try:
                 got = queue.take_batch(size, self.max_bytes, linger, None, True, bucket, until_ns, generation)
@@ -140,7 +138,11 @@ class Worker:
             items, futures, enqueue_ns, lane = got
             del got  # the loop must hold no item while it waits for the next batch
             if policy is not None and policy.active:
-                policy.taken(enqueue_ns)
+                try:
+                    policy.taken(enqueue_ns)
+                except Exception:  # noqa: BLE001 - the items are taken: they must still run
+                    self._policy_failed()
+                    policy = None
             start_ns = last_start_ns = _backend.monotonic_ns()
             self.counters.add(in_flight=len(items))
             with self.handoff:
@@ -164,6 +166,11 @@ class Worker:
             self.current = None
             batch.release()
             del batch
+
+    def _policy_failed(self) -> None:
+        logger.exception("fastbatch %s: the batching policy failed; the classic rule "
+                         "(wait batch_timeout from the first item) applies from now on", self.name)
+        self.sizer.drop_policy()
 
     def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> int:
         """Fail items that will never run (thread-safe), counting each outcome once.

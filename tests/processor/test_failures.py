@@ -494,3 +494,27 @@ def test_a_list_result_that_is_not_a_sequence_fails_once_without_isolation(make_
         with pytest.raises(fastbatch.ResultMismatchError, match="cannot be split by item"):
             f.result(timeout=5)
     assert calls == [8]  # the function's bug: no bisection
+
+
+@pytest.mark.parametrize("step", ["plan", "taken"])
+def test_a_failing_batching_policy_is_dropped_and_loses_no_item(make_processor, caplog, step):
+    processor = make_processor(lambda b: b * 2, max_batch_size=4)  # ADAPTIVE: the measured policy
+    policy = processor.sizer.policy
+    assert policy is not None
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug in the policy")
+
+    if step == "plan":
+        policy.plan = bug
+    else:
+        policy.plan = lambda *args, **kwargs: (0.0, 0)
+        policy.taken = bug  # the batch's items are out of the queue when it fails
+    policy.observe = lambda *args, **kwargs: None  # stays active, whatever the batches cost
+    policy.active = True
+    with caplog.at_level("ERROR", logger="fastbatch"):
+        for i in range(3):  # each a batch of its own: the policy is asked before each
+            np.testing.assert_array_equal(processor.enqueue_predict(np.full(2, float(i))).result(5),
+                                          np.full(2, 2.0 * i))
+    assert processor.sizer.policy is None
+    assert "the batching policy failed; the classic rule" in caplog.text
