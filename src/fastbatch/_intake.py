@@ -200,7 +200,7 @@ class Intake:
             raise self._not_started_error()
         queue, run, lanes = target
         if self._target_s is not None:
-            self._shed_if_late(self._target_s, queue.samples_ahead(prio), bool(run.running_since_ns()))
+            self._shed_if_late(self._target_s, queue.samples_ahead(prio), run.busy())
         if deadline is not None and future is None:
             future = run.new_future()  # expiry is tracked through a future, even for enqueue()
         try:

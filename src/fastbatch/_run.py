@@ -104,6 +104,10 @@ class Run:
         started = [w.batch_started_ns for w in self.workers]
         return [t for t in started if t]
 
+    def busy(self) -> bool:
+        """Whether a batch is running now (read per put with a latency target: no list)."""
+        return any(w.batch_started_ns for w in self.workers)
+
     def runs_batches_on(self, thread: threading.Thread) -> bool:
         """Whether ``thread`` runs this run's batch function (a wait there would deadlock)."""
         return thread in self.batch_threads and self.state != STOPPED

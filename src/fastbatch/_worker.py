@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-
 from . import _backend
 from ._adaptive import BatchSizer
 from ._batch import Batch
