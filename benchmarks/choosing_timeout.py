@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 
 import numpy as np
 
+from closed_clients import closed_loop  # noqa: E402
 from compiled_fastbatch import fastbatch  # noqa: E402 - the installed package, compiled
 
 
@@ -35,31 +35,13 @@ def run(clients: int, max_batch: int, timeout: float, seconds: float, fixed_ms: 
     config = fastbatch.BatchProcessorConfig(max_batch_size=max_batch, batch_timeout=timeout,
                                             processing_strategy=strategy,
                                             enable_health_monitoring=False)
-    stop = threading.Event()
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-
-    def client(i: int) -> None:
-        row = np.full(4, float(i))
-        out = latencies[i]
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            result = processor.enqueue_predict(row).result(timeout=30)
-            out.append(time.perf_counter() - t0)
-            assert result[0] == 2.0 * i
+    def check(i: int, result: np.ndarray) -> None:
+        assert result[0] == 2.0 * i
 
     with fastbatch.BatchProcessor(config) as processor:
         processor.start(model)
-        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        time.sleep(seconds)
-        stop.set()
-        for t in threads:
-            t.join(30)
-        wall = time.perf_counter() - start
+        lat, wall = closed_loop(processor, clients, seconds, lambda i: np.full(4, float(i)), check)
         stats = processor.get_stats()
-    lat = np.concatenate([np.asarray(x) for x in latencies]) * 1e3
     return {"calls_s": len(lat) / wall, "p50_ms": float(np.percentile(lat, 50)),
             "p99_ms": float(np.percentile(lat, 99)), "avg_batch": stats["avg_batch_size"]}
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -100,3 +101,17 @@ class Gate:
         """Every first column value the function was given (items are tagged by it)."""
         with self.lock:
             return [float(row[0]) for b in self.batches for row in b]
+
+
+def poll(condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.0005) -> bool:
+    """Wait until ``condition()`` holds (another thread makes it true); False on timeout.
+
+    Used only where no event exists to wait on (e.g. "the worker has recorded its stats").
+    """
+    pause = threading.Event()
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= end:
+            return False
+        pause.wait(interval)
+    return True

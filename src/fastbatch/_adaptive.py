@@ -26,11 +26,12 @@ _LOW_LOAD = 0.4
 
 
 class BatchSizer:
-    """Owns the current batch size; the worker reads it before each batch.
+    """Owns the current batch size; the worker forming a batch reads it.
 
-    ``observe`` is called by the worker after each batch; ``set`` by the user
-    (``update_batch_size``) and the health monitor. One lock guards the size so that a
-    health-monitor change and a worker adjustment cannot interleave.
+    ``observe`` is called by the workers after each batch (several may end at once);
+    ``set`` by the user (``update_batch_size``) and the health monitor. One lock guards
+    the size and the measurements, so that changes from several threads cannot
+    interleave.
     """
 
     def __init__(self, config: BatchProcessorConfig) -> None:
@@ -40,7 +41,8 @@ class BatchSizer:
         self.batch_timeout = config.batch_timeout  # read by the worker before each batch
         self._target_s = None if config.target_latency_ms is None else config.target_latency_ms / 1e3
         self._timeout_s = max(config.batch_timeout, 1e-3)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # observe() sets the size under it
+        self.concurrency = config.max_concurrent_batches
         self._size = config.max_batch_size if self.strategy is BatchProcessingStrategy.GREEDY else config.initial_batch_size
         self.ema_processing_s = math.nan
         self.arrival_rate = 0.0  # samples per second, EMA
@@ -72,6 +74,7 @@ class BatchSizer:
             self._size = max(self.min_size, min(self.max_size, self._size))
             self.batch_timeout = config.batch_timeout
             self._timeout_s = max(config.batch_timeout, 1e-3)
+            self.concurrency = config.max_concurrent_batches
             if self.policy is not None:
                 self.policy.set_timeout(config.batch_timeout)
 
@@ -87,12 +90,20 @@ class BatchSizer:
 
     def predicted_latency_s(self, queued_samples: int, busy: bool) -> float:
         """About how long a new item would take: the batches queued ahead of it and its
-        own, plus half of the one running when ``busy``, at the usual batch time (0.0
-        before the first batch)."""
+        own, ``concurrency`` of them at a time, plus half a batch when ``busy`` (no worker
+        is free), at the usual batch time (0.0 before the first batch)."""
         batch_s = self.ema_processing_s
         if math.isnan(batch_s):
             return 0.0
-        return (-(-(queued_samples + 1) // self._size) + (0.5 if busy else 0.0)) * batch_s
+        batches = -(-(queued_samples + 1) // self._size)
+        rounds = -(-batches // self.concurrency)
+        return (rounds + (0.5 if busy else 0.0)) * batch_s
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a parent thread may have held these locks."""
+        self._lock = threading.RLock()
+        if self.policy is not None:
+            self.policy.reset_after_fork()
 
     def drop_policy(self) -> None:
         """The policy failed: the classic rule (wait ``batch_timeout``) from now on."""
@@ -112,6 +123,10 @@ class BatchSizer:
 
     def observe(self, now_s: float, processing_s: float, samples: int, backlog: int) -> None:
         """Feed one finished batch: its duration, its samples and the samples still queued."""
+        with self._lock:
+            self._observe(now_s, processing_s, samples, backlog)
+
+    def _observe(self, now_s: float, processing_s: float, samples: int, backlog: int) -> None:
         if math.isnan(self.ema_processing_s):
             self.ema_processing_s = processing_s
         else:

@@ -49,6 +49,8 @@ def _fail(exc: type[Exception], name: str, value: Any, rule: str) -> None:
 _MAX_COUNT = 2**40
 _MAX_SECONDS = 1e9
 _MAX_MB = 2.0**30
+#: One worker thread per batch in flight: a bound that keeps a typo from starting thousands.
+MAX_CONCURRENT_BATCHES = 64
 
 
 class _Unset:
@@ -187,6 +189,10 @@ class BatchProcessorConfig:
     batches ahead of it times the measured batch time) is refused at once with
     ``OverloadedError`` instead of queueing, and no batch waits for more items longer than
     the target minus the measured batch time. None: bounded by ``max_queue_size`` only."""
+    max_concurrent_batches: int = 1
+    """How many batches may run at once, each on a worker thread of its own, for batch
+    functions that release the GIL or wait (torch, onnxruntime, a remote API, a coroutine):
+    the next batch is formed while the others run. One batch is formed at a time."""
     split_oversized: bool = True
     """An ``(n, ...)`` item of more than ``max_batch_size`` samples is queued as parts of at
     most ``max_batch_size`` (its future gets the parts' results joined); False: it runs
@@ -253,6 +259,10 @@ class BatchProcessorConfig:
         _check_float("target_latency_ms", self.target_latency_ms, positive=True, allow_none=True)
         _check_int("isolation_budget", self.isolation_budget, 0)
         _check_int("max_lanes", self.max_lanes, 1)
+        _check_int("max_concurrent_batches", self.max_concurrent_batches, 1)
+        if self.max_concurrent_batches > MAX_CONCURRENT_BATCHES:
+            _fail(ValueError, "max_concurrent_batches", self.max_concurrent_batches,
+                  f"must be <= {MAX_CONCURRENT_BATCHES} (one worker thread each)")
         self._check_trim()
         if not self.variable_length and not (type(self.pad_value) in (int, float) and self.pad_value == 0):
             _fail(ValueError, "pad_value", self.pad_value, "applies to variable-length items: set variable_length=True too")

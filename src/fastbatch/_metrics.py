@@ -64,7 +64,7 @@ _COUNTERS = (
 # (family name, get_stats key, scale, unit, help)
 _GAUGES = (
     ("queue_size", "queue_size", 1.0, "", "Items queued now."),
-    ("active_batches", "active_batches", 1.0, "", "Batches running now (0 or 1)."),
+    ("active_batches", "active_batches", 1.0, "", "Batches running now (up to max_concurrent_batches)."),
     ("current_batch_size", "current_batch_size", 1.0, "", "Samples the next batch aims for."),
     ("system_load", "system_load", 1.0, "",
      "Load: EMA of batch processing time over batch_timeout, capped at 1."),

@@ -20,13 +20,15 @@ slow model is never a reason for smaller batches. ``batch_timeout`` stays the lo
 wait once the model is free.
 
 Everything here is plain arithmetic on what it is fed (times in ns): tested with scripted
-arrivals and costs, no clock of its own.
+arrivals and costs, no clock of its own. With several batches in flight, batch ends are
+reported in whatever order the workers finish them: ``Arrivals`` keeps them sorted.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
-from collections import deque
+import threading
 
 import numpy as np
 
@@ -93,22 +95,30 @@ class Arrivals:
         self.horizon_ns = max(1, horizon_ns)
         self._hist = np.zeros(_BINS)
         self._resolved = 0.0
-        self._ends: deque[int] = deque(maxlen=_ENDS)
+        self._ends: list[int] = []  # sorted, the latest _ENDS
         self.last_end_ns = 0
         self.last_resolved = 0
 
     def ended(self, end_ns: int, resolved: int) -> None:
-        """A batch handed out its ``resolved`` results at ``end_ns``."""
+        """A batch handed out its ``resolved`` results at ``end_ns`` (ends may come in any
+        order: several batches run at once)."""
         self._hist *= _DECAY
         self._resolved = self._resolved * _DECAY + resolved
-        self._ends.append(end_ns)
-        self.last_end_ns, self.last_resolved = end_ns, resolved
+        ends = self._ends
+        if not ends or end_ns >= ends[-1]:
+            ends.append(end_ns)
+        else:
+            bisect.insort(ends, end_ns)
+        if len(ends) > _ENDS:
+            del ends[0]
+        if end_ns >= self.last_end_ns:
+            self.last_end_ns, self.last_resolved = end_ns, resolved
 
     def arrived(self, stamps: np.ndarray) -> None:
         """Enqueue times of items just taken: each is measured from the end before it."""
         if not self._ends or len(stamps) == 0:
             return
-        ends = np.fromiter(self._ends, np.int64, len(self._ends))
+        ends = np.array(self._ends, np.int64)
         at = np.searchsorted(ends, stamps, side="right") - 1
         seen = at >= 0
         delay = stamps[seen] - ends[at[seen]]
@@ -127,19 +137,30 @@ class Arrivals:
 
 
 class WaitPolicy:
-    """Plans each batch's wait from the cost model and the arrivals; fed by the worker."""
+    """Plans each batch's wait from the cost model and the arrivals; fed by the workers.
+
+    One lock: a worker plans the next batch while others report the ones they finished,
+    and ``reconfigure()`` swaps the arrival model; a plan never sees half of either.
+    """
 
     def __init__(self, batch_timeout_s: float) -> None:
+        self._lock = threading.Lock()
         self.cost = CostModel()
         self.chosen_wait_s = 0.0
         self.active = False  # False until the model is slow enough for waiting to pay
         self.set_timeout(batch_timeout_s)
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: a parent thread may have held the lock."""
+        self._lock = threading.Lock()
+
     def set_timeout(self, batch_timeout_s: float) -> None:
         """A new longest wait; what was learnt of arrivals is measured against the old one."""
-        self.timeout_ns = int(batch_timeout_s * 1e9)
-        self.arrivals = Arrivals(self.timeout_ns)
-        self._grid = np.linspace(0.0, float(self.timeout_ns), _GRID + 1)
+        timeout_ns = int(batch_timeout_s * 1e9)
+        arrivals = Arrivals(timeout_ns)
+        grid = np.linspace(0.0, float(timeout_ns), _GRID + 1)
+        with self._lock:
+            self.timeout_ns, self.arrivals, self._grid = timeout_ns, arrivals, grid
 
     def observe(self, samples: int, seconds: float, end_ns: int, resolved: int, typical_s: float) -> None:
         """A batch of ``samples`` took ``seconds``; its ``resolved`` results went out at ``end_ns``.
@@ -147,16 +168,18 @@ class WaitPolicy:
         ``typical_s``: the usual batch time. Below ``MIN_COST_S`` (a function of
         microseconds) the policy stands aside and costs the worker one call per batch.
         """
-        if not typical_s >= MIN_COST_S or self.timeout_ns <= 0:
-            self.active = False
-            return
-        self.cost.observe(samples, seconds)
-        self.arrivals.ended(end_ns, resolved)
-        self.active = True
+        with self._lock:
+            if not typical_s >= MIN_COST_S or self.timeout_ns <= 0:
+                self.active = False
+                return
+            self.cost.observe(samples, seconds)
+            self.arrivals.ended(end_ns, resolved)
+            self.active = True
 
     def taken(self, stamps: np.ndarray) -> None:
         """Enqueue times of a batch just taken (the worker calls it while ``active``)."""
-        self.arrivals.arrived(stamps)
+        with self._lock:
+            self.arrivals.arrived(stamps)
 
     def plan(self, now_ns: int, queued: int, size: int, rate: float) -> tuple[float, int]:
         """``(linger_s, until_ns)`` for the next ``take_batch``.
@@ -164,6 +187,10 @@ class WaitPolicy:
         ``queued``: samples waiting now; ``size``: the batch size; ``rate``: the average
         arrival rate (samples/s), for a first item that finds the model idle.
         """
+        with self._lock:
+            return self._plan(now_ns, queued, size, rate)
+
+    def _plan(self, now_ns: int, queued: int, size: int, rate: float) -> tuple[float, int]:
         if queued >= size:
             self.chosen_wait_s = 0.0
             return 0.0, 0

@@ -281,12 +281,15 @@ class BatchProcessor(Generic[T, R]):
         return applied
 
     def reconfigure(self, *, max_batch_size: int | None = None, min_batch_size: int | None = None,
-                    batch_timeout: float | None = None) -> BatchProcessorConfig:
-        """Change batch limits and timeout while running; they apply at once.
+                    batch_timeout: float | None = None,
+                    max_concurrent_batches: int | None = None) -> BatchProcessorConfig:
+        """Change batch limits, timeout and concurrency while running; they apply at once.
 
-        A batch the worker is waiting for or filling goes without waiting further, with
+        A batch a worker is waiting for or filling goes without waiting further, with
         the items enqueued before the change, so that every item enqueued after this
         returns is batched under the new limits. Nothing happens when no value changes.
+        More ``max_concurrent_batches`` start workers at once; with fewer, the extra
+        workers finish the batch they run, then leave.
 
         Validated as the config is (nothing changes when a value is refused). A new
         ``max_batch_size`` alone moves ``min_batch_size`` and ``initial_batch_size`` into
@@ -299,7 +302,9 @@ class BatchProcessor(Generic[T, R]):
         """
         given: dict[str, Any] = {k: v for k, v in (("max_batch_size", max_batch_size),
                                                     ("min_batch_size", min_batch_size),
-                                                    ("batch_timeout", batch_timeout)) if v is not None}
+                                                    ("batch_timeout", batch_timeout),
+                                                    ("max_concurrent_batches", max_concurrent_batches))
+                                 if v is not None}
         BatchProcessorConfig(**given)  # each value alone: types and ranges, named in the error
         with self._reconfigure_lock:
             old = self.config
@@ -308,12 +313,18 @@ class BatchProcessor(Generic[T, R]):
             new = dataclasses.replace(
                 old, max_batch_size=new_max, min_batch_size=new_min,
                 initial_batch_size=max(new_min, min(old.initial_batch_size, new_max)),
-                batch_timeout=old.batch_timeout if batch_timeout is None else batch_timeout)
+                batch_timeout=old.batch_timeout if batch_timeout is None else batch_timeout,
+                max_concurrent_batches=(old.max_concurrent_batches if max_concurrent_batches is None
+                                        else max_concurrent_batches))
             self.config = new
             self.sizer.reconfigure(new)
             self._intake.reconfigure(new)
-            run = self._run
-            if run is not None and new != old:
+            with self._lock:  # a start() meanwhile reads the new config, or is seen here
+                run = self._run
+                if run is not None:
+                    run.set_concurrency(new.max_concurrent_batches)
+            limits = ("max_batch_size", "min_batch_size", "initial_batch_size", "batch_timeout")
+            if run is not None and any(getattr(new, f) != getattr(old, f) for f in limits):
                 # A batch the worker is waiting for or filling was planned with the old
                 # limits: it goes now, and the next is formed under the new ones.
                 run.queue.interrupt()
@@ -432,7 +443,7 @@ class BatchProcessor(Generic[T, R]):
         self._lock = threading.Lock()
         self._counters.reset_after_fork()
         self.stats.reset_after_fork()
-        self.sizer._lock = threading.Lock()
+        self.sizer.reset_after_fork()
         run = self._run
         hint = ""
         if run is not None and run.state in (RUNNING, STOPPING):

@@ -1,9 +1,10 @@
 """``Run``: one ``start()`` → ``stop()`` lifetime of a processor, and its stop protocol.
 
-A run owns everything that lives and dies with it: the request queue, the workers (each
-publishes the batch it runs: ``running_since_ns`` is what the health monitor, the
-statistics and the intake read of them), the health monitor, the deadline reaper, the
-callback runner and the set of threads they start. It never refers to the ``BatchProcessor``: a worker that outlives its run (its batch
+A run owns everything that lives and dies with it: the request queue, the workers (its
+``Crew``; each publishes the batch it runs: ``running_since_ns`` is what the health
+monitor, the statistics and the intake read of them), the health monitor, the deadline
+reaper, the callback runner and the set of threads they start. It never refers to the
+``BatchProcessor``: a worker that outlives its run (its batch
 function overran ``stop(timeout)``) can only ever touch its own run, never the next one,
 and a processor nobody refers to any more can be collected and stopped (see
 ``BatchProcessor``'s finalizer).
@@ -19,12 +20,11 @@ The stop protocol, whoever calls it and however often:
 So ``stop(t)`` returns within ``t + STOP_GRACE_S`` (plus scheduling), and every future of
 the run is final when it returns, unless a user callback or batch function still runs.
 A ``stop()`` from one of the run's own threads (the batch function, a done-callback)
-cannot wait for itself: it returns at once and the worker finishes the stop as it exits.
+cannot wait for itself: it returns at once and the last worker finishes the stop as it exits.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 from collections.abc import Callable
@@ -35,6 +35,7 @@ from ._adaptive import BatchSizer
 from ._batch_call import BatchCall
 from ._config import BatchProcessorConfig
 from ._counters import Counters
+from ._crew import Crew
 from ._deadlines import DeadlineReaper
 from ._errors import ProcessorStoppedError
 from ._future import BatchFuture, fail_futures
@@ -83,13 +84,10 @@ class Run:
         self.reaper = DeadlineReaper(name, self.callbacks.submit, counters, self.helper_threads)
         # The workers, each taking and running batches on its own thread; the run ends
         # when the last one is out (worker_exited).
-        self.workers: tuple[Worker, ...] = (Worker(self, config, self.call, sizer, stats),)
-        self._live_workers = len(self.workers)  # under _lock
-        for worker in self.workers:
-            self.batch_threads.add(worker.thread)
-        self.monitor = HealthMonitor(name, config, sizer, self.queue.__len__, self.running_since_ns)
-        for worker in self.workers:
-            worker.thread.start()
+        self.crew = Crew(lambda index: Worker(self, config, self.call, sizer, stats, self.crew, index),
+                         self.abort, self.batch_threads)
+        self.monitor = HealthMonitor(name, config, sizer, self.queue.__len__, self.crew.running_since_ns)
+        self.crew.resize(config.max_concurrent_batches)
         if config.enable_health_monitoring:
             self.helper_threads.add(self.monitor.start())
 
@@ -99,14 +97,23 @@ class Run:
     def new_future(self) -> BatchFuture[Any]:
         return BatchFuture(self)
 
+    @property
+    def workers(self) -> tuple[Worker, ...]:
+        return self.crew.workers
+
     def running_since_ns(self) -> list[int]:
         """When each batch running now started (the batch function called for it)."""
-        started = [w.batch_started_ns for w in self.workers]
-        return [t for t in started if t]
+        return self.crew.running_since_ns()
 
     def busy(self) -> bool:
-        """Whether a batch is running now (read per put with a latency target: no list)."""
-        return any(w.batch_started_ns for w in self.workers)
+        """Whether every worker runs a batch now: a new batch would wait for one to end."""
+        return self.crew.all_busy()
+
+    def set_concurrency(self, batches: int) -> None:
+        """Run up to ``batches`` batches at once from now on (while the run is running)."""
+        with self._lock:
+            if self.state == RUNNING:
+                self.crew.resize(batches)
 
     def runs_batches_on(self, thread: threading.Thread) -> bool:
         """Whether ``thread`` runs this run's batch function (a wait there would deadlock)."""
@@ -130,6 +137,7 @@ class Run:
             if self.state == RUNNING:
                 self.state = STOPPING
                 self.queue.close()  # intake stops at once, whoever asked
+                self.crew.close()
             # Our own thread (the batch function, a done-callback, a callback run by our
             # own stop()): waiting would wait for ourselves. The worker, which drains on,
             # ends the stop as it exits.
@@ -144,17 +152,13 @@ class Run:
             return
         try:
             start_ns = _backend.monotonic_ns()
-            threads = [w.thread for w in self.workers]
+            crew = self.crew
             # Every caller bounds its own wait: stop(0) fails what is left at once even
             # while another stop(None) is draining.
-            for thread in threads:
-                thread.join(self._left(start_ns, timeout, grace=0.0))
-            if any(t.is_alive() for t in threads):
+            if not crew.join(timeout):
                 self._abandon(timeout)
                 # Half the grace for the workers to notice; the rest for the helpers.
-                for thread in threads:
-                    thread.join(max(0.0, (self._left(start_ns, timeout) or 0.0) - STOP_GRACE_S / 2))
-                if any(t.is_alive() for t in threads):
+                if not crew.join(max(0.0, (self._left(start_ns, timeout) or 0.0) - STOP_GRACE_S / 2)):
                     logger.warning("fastbatch %s: the batch function is still running after stop(); its "
                                    "items have failed and its thread is left to finish on its own", self.name)
             self._finish(lambda: self._left(start_ns, timeout))
@@ -170,27 +174,22 @@ class Run:
         return max(0.0, timeout + grace - (_backend.monotonic_ns() - start_ns) / 1e9)
 
     def _abandon(self, timeout: float | None) -> None:
-        """Past the stop deadline: fail what is queued and the batch in flight."""
+        """Past the stop deadline: fail what is queued and the batches in flight."""
         message = f"BatchProcessor {self.name!r} stopped (timeout={timeout}s) before this item was processed"
-        # Every worker's handoff held at once: no batch can be half taken while we look.
-        with contextlib.ExitStack() as held:
-            for worker in self.workers:
-                held.enter_context(worker.handoff)
+        crew = self.crew
+        with crew.handoffs():  # every worker's: no batch can be half taken while we look
             self.abort.set()
-            inflight = [f for worker in self.workers for f in worker.inflight]
+            inflight = crew.inflight()
         _, futures, _ = self.queue.drain()
-        failed = self.workers[0].fail_leftovers(futures, message, taken=False)
+        failed = crew.workers[0].fail_leftovers(futures, message, taken=False)
         failed += fail_futures(inflight, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
                                counters=self.counters, taken=True)
         with self._lock:  # every stopper past its deadline adds what it failed
             self.abandoned += failed
 
     def worker_exited(self) -> None:
-        """Called on a worker's thread as it ends; the last one out ends the run, whoever asked."""
+        """Called on the last worker's thread as it ends: the run is over, whoever asked."""
         with self._lock:
-            self._live_workers -= 1
-            if self._live_workers > 0:
-                return
             if self.state == RUNNING:  # the workers crashed: nobody called stop()
                 self.state = STOPPING
                 self.queue.close()
@@ -235,3 +234,4 @@ class Run:
         self._done.set()
         self.batch_threads = set()
         self.helper_threads = set()
+        self.crew.forget_after_fork()

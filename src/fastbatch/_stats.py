@@ -1,6 +1,7 @@
 """Statistics: ``BatchStats`` keeps the windows and counters behind ``get_stats()``.
 
-The worker is the only writer of the windows; readers get snapshots computed by the
+The workers write the windows, one batch at a time (several may end at once: a lock
+keeps each batch's records together); readers get snapshots computed by the
 core's ``StatsWindow`` (copy under a short lock, percentiles outside it), so reading
 statistics never stalls the worker. The running totals live in one ``Counters`` object
 (``_counters``), shared with the processor.
@@ -68,6 +69,7 @@ class BatchStats:
         self._queue_ms = core.StatsWindow(item_window)
         self._latency_ms = core.StatsWindow(item_window)
         self._last_end_s = math.nan
+        self._record_lock = threading.Lock()
         times = DEFAULT_TIME_BUCKETS if time_buckets is None else time_buckets
         self._make_histograms(times, default_size_buckets(1024) if size_buckets is None else size_buckets)
         self.arrivals = ArrivalMeter()
@@ -109,6 +111,11 @@ class BatchStats:
         """Record one finished batch's times and sizes (times from the core clock)."""
         if not self.enabled:
             return
+        with self._record_lock:  # several workers may finish batches at once
+            self._record(start_ns, end_ns, samples, queue_length, enqueue_ns)
+
+    def _record(self, start_ns: int, end_ns: int, samples: int, queue_length: int,
+                enqueue_ns: npt.NDArray[Any]) -> None:
         self._processing_ms.record((end_ns - start_ns) / 1e6)
         self._batch_size.record(samples)
         self._queue_length.record(queue_length)
@@ -134,6 +141,12 @@ class BatchStats:
         self.counters.add(batches=1, processed=batch_size, samples=batch_size)
         if not self.enabled:
             return
+        with self._record_lock:
+            self._update(end_s, processing_time, batch_size, queue_time, latency, queue_length)
+
+    def _update(self, end_s: float, processing_time: float, batch_size: int,
+                queue_time: float | Sequence[float], latency: float | Sequence[float],
+                queue_length: int) -> None:
         self._processing_ms.record(processing_time * 1e3)
         self._batch_size.record(batch_size)
         self._queue_length.record(queue_length)
@@ -154,6 +167,7 @@ class BatchStats:
         the histograms start again from zero (the child has processed nothing yet)."""
         self._make_histograms(self._latency_h.bounds, self._size_h.bounds)
         self.arrivals.reset_after_fork()
+        self._record_lock = threading.Lock()
 
     def _make_histograms(self, times: Sequence[float], sizes: Sequence[float]) -> None:
         histogram = _backend.Histogram

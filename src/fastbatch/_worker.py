@@ -1,11 +1,13 @@
 """The worker loop: take a batch, call the batch function, hand the results back.
 
-One ``Worker`` runs on one thread (``fastbatch-worker-<name>``) for one run, and holds
-that run, never the processor. It owns its assembly buffers and the batch windows of
-``BatchStats``; what it shares with other threads is thread-safe by itself (the queue,
-the sizer, the counters, events) or a ``Batch`` it alone changes (``current``), which it
+A run has one ``Worker`` per batch that may be in flight (``max_concurrent_batches``),
+each on its own thread (``fastbatch-worker-<name>``, then ``-1``, ``-2`` ...), all in the
+run's ``Crew``; a worker holds that run, never the processor. It owns its assembly
+buffers; what it shares with other threads is thread-safe by itself (the queue, the
+sizer, the policy, the statistics, the counters, events), taken in turn (forming a batch,
+under the crew's ``forming`` lock) or a ``Batch`` it alone changes (``current``), which it
 publishes under ``handoff`` so that a ``stop()`` past its deadline sees every taken item
-either in the batch or not taken at all. Everything about one batch lives on its
+either in a batch or not taken at all. Everything about one batch lives on its
 ``Batch``, nothing on the worker.
 """
 
@@ -23,10 +25,12 @@ from . import _backend
 from ._adaptive import BatchSizer
 from ._batch import Batch
 from ._config import BatchProcessorConfig
+from ._crew import Crew
 from ._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
                       ResultMismatchError)
 from ._future import add_note, fail_futures, forget_notes, resolve_batch, start_batch
 from ._kinds import Buffers, Kind, kind_of
+from ._lanes import Lane
 from ._results import kept
 from ._stats import BatchStats
 from ._threads import ItemPool
@@ -41,8 +45,9 @@ class Worker:
     """Runs batches until the run's queue is closed and empty, or the run is abandoned."""
 
     def __init__(self, run: Any, config: BatchProcessorConfig, func: Callable[..., Any],
-                 sizer: BatchSizer, stats: BatchStats) -> None:
+                 sizer: BatchSizer, stats: BatchStats, crew: Crew, index: int = 0) -> None:
         self.run = run
+        self.crew = crew
         self.name = run.name
         self.config = config
         self.func = func
@@ -61,7 +66,10 @@ class Worker:
         self._pool: ItemPool | None = None
         self._overran = False  # a per-item call outlived item_timeout
         self._batches_since_gc = 0
-        self.thread = threading.Thread(target=self._run, name=f"fastbatch-worker-{self.name}", daemon=True)
+        self.retired = False  # left between two batches: the run goes on without it
+        suffix = f"-{index}" if index else ""
+        self.thread = threading.Thread(target=self._run, name=f"fastbatch-worker-{self.name}{suffix}",
+                                       daemon=True)
 
     @property
     def batch_started_ns(self) -> int:
@@ -81,43 +89,90 @@ class Worker:
         try:
             self._loop()
         except BaseException:  # noqa: BLE001 - must never die silently
-            logger.exception("fastbatch: worker %s crashed; failing what is queued", self.name)
+            logger.exception("fastbatch: a worker of %s crashed; its batch fails, the other workers "
+                             "(if any) go on, and the last one out fails what is queued", self.name)
         finally:
-            self.queue.close()
-            message = f"BatchProcessor {self.name!r} stopped before this item was processed"
-            with self.handoff:  # a crash between taking a batch and settling it
-                inflight = self.inflight
-                self.current = None
-            if inflight:
-                fail_futures(inflight, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
-                             counters=self.counters, taken=True)
-            _, futures, _ = self.queue.drain()
-            self.fail_leftovers(futures, message)
-            del futures, inflight
-            if self._pool is not None:
-                # A call stuck past item_timeout keeps its thread until it returns; we
-                # cannot kill it, so then we do not wait for it either.
-                self._pool.shutdown(wait=not self._overran)
-            self.run.worker_exited()
+            self._exit()
+
+    def _exit(self) -> None:
+        message = f"BatchProcessor {self.name!r} stopped before this item was processed"
+        with self.handoff:  # a crash between taking a batch and settling it
+            inflight = self.inflight
+            self.current = None
+        if inflight:
+            fail_futures(inflight, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
+                         counters=self.counters, taken=True)
+        del inflight
+        if self._pool is not None:
+            # A call stuck past item_timeout keeps its thread until it returns; we
+            # cannot kill it, so then we do not wait for it either.
+            self._pool.shutdown(wait=not self._overran)
+        if self.retired or not self.crew.exited():
+            return
+        # The last worker out: nothing more is accepted, nothing queued will run.
+        self.queue.close()
+        _, futures, _ = self.queue.drain()
+        self.fail_leftovers(futures, message)
+        del futures
+        self.run.worker_exited()
 
     def _loop(self) -> None:
+        crew = self.crew
+        while not self.abort.is_set():
+            if crew.retire():
+                self.retired = True
+                return
+            if not crew.my_turn():
+                continue
+            try:
+                got = self._form()
+            finally:
+                crew.done_forming()
+            if got is None:  # the queue is closed and empty, or the run abandoned
+                return
+            items, futures, enqueue_ns, lane, start_ns = got
+            del got  # the loop must hold no item while it waits for the next batch
+            self.counters.add(in_flight=len(items))
+            with self.handoff:
+                if self.abort.is_set():
+                    self.fail_leftovers(futures, f"BatchProcessor {self.name!r} stopped before this "
+                                                 "item was processed", taken=True)
+                    return
+                keep = start_batch(futures, self.counters)
+                if keep is not None:
+                    items = [items[i] for i in keep]
+                    futures = [futures[i] for i in keep]
+                    enqueue_ns = enqueue_ns[keep]
+                batch = Batch(lane, items, futures, enqueue_ns, start_ns, len(self.queue), self)
+                self.current = batch
+            del items, futures, enqueue_ns, lane
+            if batch.items:
+                failures = self._run_batch(batch)
+                for exc in failures:
+                    _release_frames(exc)
+                del failures
+            self.current = None
+            batch.release()
+            del batch
+
+    def _form(self) -> tuple[list[Any], list[Any], Any, Lane, int] | None:
+        """Wait for the next batch and take it (the crew's turn is ours); None: the run ends."""
         cfg = self.config
+        crew = self.crew
         queue = self.queue
         interval_ns = int(cfg.min_batch_interval * 1e9)
-        last_start_ns = 0
-        bucket = cfg.bucket_by_length
-        policy = self.sizer.policy
+        if interval_ns and crew.last_start_ns:
+            wait_s = (crew.last_start_ns + interval_ns - _backend.monotonic_ns()) / 1e9
+            if wait_s > 0 and self.abort.wait(wait_s):
+                return None
         while not self.abort.is_set():
-            if interval_ns and last_start_ns:
-                wait_s = (last_start_ns + interval_ns - _backend.monotonic_ns()) / 1e9
-                if wait_s > 0 and self.abort.wait(wait_s):
-                    break
             # Read before the limits: a reconfigure() after this read interrupts the take
             # below, and one before it has already set the limits read next.
             generation = queue.generation
             size = self.sizer.size
             linger = cap = self.sizer.max_wait_s()
             until_ns = 0
+            policy = self.sizer.policy
             if policy is not None and policy.active:
                 try:
                     now_ns = _backend.monotonic_ns()
@@ -129,42 +184,21 @@ class Worker:
                     self._policy_failed()
                     policy = None
             try:
-                got = queue.take_batch(size, self.max_bytes, linger, None, True, bucket, until_ns, generation)
+                got = queue.take_batch(size, self.max_bytes, linger, None, True, cfg.bucket_by_length,
+                                       until_ns, generation)
             except QueueClosedError:
-                break
+                return None
             if got is None:  # interrupted by reconfigure() before a request was taken
                 continue
             items, futures, enqueue_ns, lane = got
-            del got  # the loop must hold no item while it waits for the next batch
             if policy is not None and policy.active:
                 try:
                     policy.taken(enqueue_ns)
                 except Exception:  # noqa: BLE001 - the items are taken: they must still run
                     self._policy_failed()
-                    policy = None
-            start_ns = last_start_ns = _backend.monotonic_ns()
-            self.counters.add(in_flight=len(items))
-            with self.handoff:
-                if self.abort.is_set():
-                    self.fail_leftovers(futures, f"BatchProcessor {self.name!r} stopped before this "
-                                                 "item was processed", taken=True)
-                    break
-                keep = start_batch(futures, self.counters)
-                if keep is not None:
-                    items = [items[i] for i in keep]
-                    futures = [futures[i] for i in keep]
-                    enqueue_ns = enqueue_ns[keep]
-                batch = Batch(lane, items, futures, enqueue_ns, start_ns, len(queue), self)
-                self.current = batch
-            del items, futures, enqueue_ns, lane
-            if batch.items:
-                failures = self._run_batch(batch)
-                for exc in failures:
-                    _release_frames(exc)
-                del failures
-            self.current = None
-            batch.release()
-            del batch
+            start_ns = crew.last_start_ns = _backend.monotonic_ns()
+            return items, futures, enqueue_ns, lane, start_ns
+        return None
 
     def _policy_failed(self) -> None:
         logger.exception("fastbatch %s: the batching policy failed; the classic rule "

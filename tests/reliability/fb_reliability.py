@@ -35,7 +35,7 @@ import numpy as np
 
 import fastbatch
 
-from fb_fixtures import EXTENDED  # re-exported: the suite's modules import it from here
+from fb_fixtures import EXTENDED, poll  # re-exported: the suite's modules import them from here
 
 #: Figures accumulated over the session and printed by the conftest's terminal summary.
 FIGURES: Counter = Counter()
@@ -291,22 +291,6 @@ class Ledger:
                 problems.append(f"stats: total_failed={s['total_failed']} < {tracked['failed']} "
                                 "failed futures")
         return problems
-
-
-# -- waiting without sleeping for ordering --------------------------------------------------
-
-def poll(condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.0005) -> bool:
-    """Wait until ``condition()`` holds (another thread makes it true); False on timeout.
-
-    Used only where no event exists to wait on (e.g. "the worker has recorded its stats").
-    """
-    pause = threading.Event()
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() >= end:
-            return False
-        pause.wait(interval)
-    return True
 
 
 def processor_threads(processor: fastbatch.BatchProcessor) -> list[threading.Thread]:

@@ -2,7 +2,7 @@
 
 Each run draws, from its seed, a configuration, a batch function that misbehaves at
 random (raises, raises a ``BaseException`` subclass, returns the wrong length or type,
-stalls, or calls ``stop()`` itself), 1-4 producer threads (futures or not, priorities,
+stalls, or calls ``stop()`` itself), 1, 2 or 4 batches in flight, 1-4 producer threads (futures or not, priorities,
 zero/short/no enqueue timeouts, random cancels, an occasional pause) and a stop at a
 random moment with a random ``stop(timeout)``, 0 included. Afterwards the ledger checks
 every id: exactly one final state, the right value, a documented error, callbacks run
@@ -138,6 +138,7 @@ def run_once(seed: int) -> tuple[dict[str, int], list[str]]:
         raise_on_queue_full=rng.random() < 0.3,
         min_batch_size=1,
         split_oversized=rng.random() < 0.5,
+        max_concurrent_batches=rng.choice([1, 2, 4]),
     )
     config["initial_batch_size"] = rng.randint(1, config["max_batch_size"])
     ok = rng.choice([0.5, 0.7, 0.9])

@@ -1,9 +1,10 @@
 """A hypothesis state machine over enqueue / take / pause / resume / cancel / stop / start.
 
 The batch function is a ``Stepper``: it holds each batch until the machine's ``take``
-rule lets it through, so the machine decides when batches complete. After every rule the
-machine waits until the processor has settled (the worker is holding a batch, or has
-nothing it may take, and the statistics have caught up), then checks the invariants:
+rule lets one through, so the machine decides when batches complete; with
+``max_concurrent_batches`` of 1, 2 or 4 it may hold as many at once. After every rule the
+machine waits until the processor has settled (every worker is holding a batch, or there
+is nothing they may take, and the statistics have caught up), then checks the invariants:
 
 - every id is in exactly one state (ledger), results are the item's own (no misrouting),
   a cancelled future is one the machine cancelled and never reached the function;
@@ -40,7 +41,8 @@ class Stepper:
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.cond = threading.Condition()
-        self.holding: list[int] | None = None  # ids of the batch being held
+        self.holding: dict[int, list[int]] = {}  # ids of each batch being held, by call
+        self._calls = 0
         self.permits = 0
         self.free = False
 
@@ -48,19 +50,26 @@ class Stepper:
         ids = list(dict.fromkeys(int(i) for i in batch[:, 0]))  # one id per item, not per row
         self.ledger.note_seen(ids)
         with self.cond:
-            self.holding = ids
+            self._calls += 1
+            call = self._calls
+            self.holding[call] = ids
             self.cond.notify_all()
             ok = self.cond.wait_for(lambda: self.free or self.permits > 0, timeout=30)
             if self.permits:
                 self.permits -= 1
-            self.holding = None
+            del self.holding[call]
             self.cond.notify_all()
         assert ok, "the state machine never let the batch through"
         return batch * 2 + 1
 
+    def held(self) -> tuple[int, int]:
+        """(batches, items) held now."""
+        with self.cond:
+            return len(self.holding), sum(len(ids) for ids in self.holding.values())
+
     def release_one(self) -> bool:
         with self.cond:
-            if self.holding is None:
+            if not self.holding:
                 return False
             self.permits += 1
             self.cond.notify_all()
@@ -84,10 +93,12 @@ STEPS = 50 if EXTENDED else 30
 def test_processor_state_machine(core_name):
     class ProcessorMachine(RuleBasedStateMachine):
         @initialize(queue_size=st.sampled_from([0, 3, 8]), batch=st.sampled_from([1, 2, 4]),
-                    prioritized=st.booleans())
-        def setup(self, queue_size: int, batch: int, prioritized: bool) -> None:
+                    prioritized=st.booleans(), concurrent=st.sampled_from([1, 2, 4]))
+        def setup(self, queue_size: int, batch: int, prioritized: bool, concurrent: int) -> None:
             self.ledger = Ledger(oracle, (fastbatch.ProcessorStoppedError,))
+            self.concurrent = concurrent
             self.processor = fastbatch.BatchProcessor(fastbatch.BatchProcessorConfig(
+                max_concurrent_batches=concurrent,
                 max_queue_size=queue_size, max_batch_size=batch, initial_batch_size=batch,
                 min_batch_size=1, batch_timeout=0.0, processing_strategy="fixed",
                 enable_priority_queue=prioritized, enable_health_monitoring=False, retry_delay=0.0,
@@ -98,7 +109,8 @@ def test_processor_state_machine(core_name):
             self.running = True
             self.paused = False
             self.log: list[str] = [
-                f"setup(queue_size={queue_size}, batch={batch}, prioritized={prioritized})"]
+                f"setup(queue_size={queue_size}, batch={batch}, prioritized={prioritized}, "
+                f"concurrent={concurrent})"]
 
         def teardown(self) -> None:
             processor = getattr(self, "processor", None)
@@ -187,14 +199,13 @@ def test_processor_state_machine(core_name):
         # -- settling and invariants ----------------------------------------------------
 
         def inflight(self) -> int:
-            holding = self.stepper.holding
-            return len(holding) if holding else 0
+            return self.stepper.held()[1]
 
         def settled(self) -> bool:
             if not self.running:
                 return True
             s = self.processor.get_stats()
-            held = self.inflight()
+            batches, held = self.stepper.held()
             if s.get("items_in_flight", held) != held:
                 # The worker has taken items the function does not hold (yet, or any
                 # more): it is between states, and get_stats() reads the queue and the
@@ -203,8 +214,9 @@ def test_processor_state_machine(core_name):
             inflight = held
             accounted = (s["total_processed"] + s["total_failed"] + s["total_cancelled"]
                          + s.get("total_expired", 0) + s["queue_size"] + inflight)
-            idle = inflight > 0 or s["queue_size"] == 0 or s["is_paused"]
-            return idle and accounted == s["total_submitted"] and (inflight > 0 or not s["active_batches"])
+            # Every worker holds a batch, or none may take one.
+            idle = batches == self.concurrent or s["queue_size"] == 0 or s["is_paused"]
+            return idle and accounted == s["total_submitted"] and s["active_batches"] == batches
 
         def settle(self) -> None:
             # Two observations in a row, so that a worker between two states is not
