@@ -75,8 +75,8 @@ class BatchSizer:
             self.batch_timeout = config.batch_timeout
             self._timeout_s = max(config.batch_timeout, 1e-3)
             self.concurrency = config.max_concurrent_batches
-            if self.policy is not None:
-                self.policy.set_timeout(config.batch_timeout)
+            if self.policy is not None and self.policy.timeout_ns != int(config.batch_timeout * 1e9):
+                self.policy.set_timeout(config.batch_timeout)  # what it learnt is measured in the old one
 
     def max_wait_s(self) -> float:
         """The longest a batch may wait for more items: ``batch_timeout``, and with a

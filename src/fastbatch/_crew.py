@@ -48,23 +48,28 @@ class Crew:
 
     def resize(self, wanted: int) -> None:
         """Run ``wanted`` workers: start the missing ones now; the extra ones retire
-        between two batches."""
-        started = []
+        between two batches.
+
+        Raises whatever starting a thread raises (the system's thread limit), with the
+        workers that could not start forgotten: the count stays true.
+        """
         with self._lock:
             if self._closed:
                 return
             self._wanted = wanted
             # A retired worker whose thread has ended is dropped: the tuple stays small.
-            kept = tuple(w for w in self.workers if not (w.retired and not w.thread.is_alive()))
+            self.workers = tuple(w for w in self.workers if not (w.retired and not w.thread.is_alive()))
             while self._live < wanted:
                 worker = self._make(self._started)
                 self._started += 1
                 self._registry.add(worker.thread)
-                started.append(worker)
+                try:
+                    worker.thread.start()
+                except BaseException:
+                    self._registry.discard(worker.thread)
+                    raise
                 self._live += 1
-            self.workers = kept + tuple(started)
-        for worker in started:
-            worker.thread.start()
+                self.workers += (worker,)
 
     def close(self) -> None:
         """No more workers from now on (the run is stopping)."""
@@ -136,10 +141,10 @@ class Crew:
 
     def all_busy(self) -> bool:
         """Whether no worker is free to start a batch now (an estimate: racy reads)."""
-        wanted = max(1, self._wanted)
-        if wanted == 1:  # the common case, read per put with a latency target: no list
+        workers = max(1, min(self._wanted, self._live))  # a crashed worker is not replaced
+        if workers == 1:  # the common case, read per put with a latency target: no list
             return any(w.batch_started_ns for w in self.workers)
-        return len(self.running_since_ns()) >= wanted
+        return len(self.running_since_ns()) >= workers
 
     @property
     def size(self) -> int:

@@ -321,7 +321,7 @@ class BatchProcessor(Generic[T, R]):
             self._intake.reconfigure(new)
             with self._lock:  # a start() meanwhile reads the new config, or is seen here
                 run = self._run
-                if run is not None:
+                if run is not None and new.max_concurrent_batches != old.max_concurrent_batches:
                     run.set_concurrency(new.max_concurrent_batches)
             limits = ("max_batch_size", "min_batch_size", "initial_batch_size", "batch_timeout")
             if run is not None and any(getattr(new, f) != getattr(old, f) for f in limits):

@@ -87,7 +87,11 @@ class Run:
         self.crew = Crew(lambda index: Worker(self, config, self.call, sizer, stats, self.crew, index),
                          self.abort, self.batch_threads)
         self.monitor = HealthMonitor(name, config, sizer, self.queue.__len__, self.crew.running_since_ns)
-        self.crew.resize(config.max_concurrent_batches)
+        try:
+            self.crew.resize(config.max_concurrent_batches)
+        except BaseException:
+            self.stop(0)  # the workers that did start leave; start() raises
+            raise
         if config.enable_health_monitoring:
             self.helper_threads.add(self.monitor.start())
 

@@ -132,19 +132,25 @@ class Worker:
                 return
             items, futures, enqueue_ns, lane, start_ns = got
             del got  # the loop must hold no item while it waits for the next batch
+            stopped = f"BatchProcessor {self.name!r} stopped before this item was processed"
             self.counters.add(in_flight=len(items))
-            with self.handoff:
-                if self.abort.is_set():
-                    self.fail_leftovers(futures, f"BatchProcessor {self.name!r} stopped before this "
-                                                 "item was processed", taken=True)
-                    return
-                keep = start_batch(futures, self.counters)
-                if keep is not None:
-                    items = [items[i] for i in keep]
-                    futures = [futures[i] for i in keep]
-                    enqueue_ns = enqueue_ns[keep]
-                batch = Batch(lane, items, futures, enqueue_ns, start_ns, len(self.queue), self)
-                self.current = batch
+            try:
+                with self.handoff:
+                    if self.abort.is_set():
+                        self.fail_leftovers(futures, stopped, taken=True)
+                        return
+                    keep = start_batch(futures, self.counters)
+                    if keep is not None:
+                        items = [items[i] for i in keep]
+                        futures = [futures[i] for i in keep]
+                        enqueue_ns = enqueue_ns[keep]
+                    batch = Batch(lane, items, futures, enqueue_ns, start_ns, len(self.queue), self)
+                    self.current = batch
+            except BaseException:
+                # Taken and not published (MemoryError ...): stop() cannot see these items.
+                if self.current is None:
+                    self.fail_leftovers(futures, stopped, taken=True)
+                raise
             del items, futures, enqueue_ns, lane
             if batch.items:
                 failures = self._run_batch(batch)

@@ -514,3 +514,57 @@ def test_idle_workers_do_not_share_out_the_items_of_one_batch(make_processor):
         threading.Event().wait(0.005)  # the items arrive one by one
     assert [float(f.result(10)[0]) for f in futures] == [0.0, 2.0, 4.0, 6.0]
     assert sizes == [4]
+
+
+def test_a_worker_thread_that_cannot_start_fails_start_and_leaves_nothing_running(make_processor, monkeypatch):
+    real_start = threading.Thread.start
+    started: list[threading.Thread] = []
+
+    def start(self):
+        if self.name.startswith("fastbatch-worker-") and len(started) == 1:
+            raise RuntimeError("can't start new thread")
+        if self.name.startswith("fastbatch-worker-"):
+            started.append(self)
+        real_start(self)
+
+    processor = make_processor(None, max_concurrent_batches=3)
+    monkeypatch.setattr(threading.Thread, "start", start)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        processor.start(lambda b: b * 2)
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    assert not processor.is_running
+    started[0].join(5)
+    assert not started[0].is_alive()
+    processor.start(lambda b: b * 2)  # a later start works
+    assert float(processor.enqueue_predict(np.ones(2)).result(5)[0]) == 2.0
+
+
+def test_a_worker_failing_between_take_and_start_fails_those_items(make_processor, monkeypatch):
+    from fastbatch import _worker
+
+    real = _worker.Batch
+    failed = threading.Event()
+
+    def batch(*args, **kwargs):
+        if not failed.is_set():
+            failed.set()
+            raise MemoryError("no room for the batch")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_worker, "Batch", batch)
+    processor = make_processor(lambda b: b * 2, max_batch_size=1, max_concurrent_batches=2, batch_timeout=0.0)
+    first = processor.enqueue_predict(np.zeros(2))
+    assert isinstance(first.exception(5), fastbatch.ProcessorStoppedError)
+    later = [processor.enqueue_predict(r) for r in rows(1, 5)]
+    assert [float(f.result(5)[0]) for f in later] == [2.0 * i for i in range(1, 6)]
+    assert processor.get_stats()["items_in_flight"] == 0
+
+
+def test_changing_only_the_concurrency_keeps_what_the_policy_learnt(make_processor):
+    processor = make_processor(lambda b: b * 2, processing_strategy="adaptive")
+    policy = processor.sizer.policy
+    arrivals = policy.arrivals
+    processor.reconfigure(max_concurrent_batches=2)
+    assert policy.arrivals is arrivals
+    processor.reconfigure(batch_timeout=processor.config.batch_timeout * 2)
+    assert policy.arrivals is not arrivals  # measured against the old timeout: starts again
