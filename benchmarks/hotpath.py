@@ -17,7 +17,7 @@ stdlib batcher's equivalent pieces are timed the same way.
 producer and the worker share one GIL, so GIL time is what limits items/s) and prints
 the share of samples per thread and per source line.
 
-Pieces reach into fastbatch internals (``_queue``, ``_worker``, ``stats``, ``sizer``,
+Pieces reach into fastbatch internals (``_queue``, ``_worker``, ``stats``, ``scheduler``,
 ``_future.start_batch/resolve_batch``); a piece whose internals moved is reported as
 "n/a" rather than failing the run.
 """
@@ -153,7 +153,8 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
             resolve_batch = getattr(_future, "resolve_batch", None)
             split_result = getattr(_results, "split_result", None) if _results is not None else None
             kept = getattr(_results, "kept", None) if _results is not None else None
-            stats, sizer = p.stats, p.sizer
+            stats = p.stats
+            scheduler = getattr(p, "scheduler", None) or p.sizer  # older versions: a sizer
             mono = core.monotonic_ns
             for _ in batches:
                 t0 = perf_ns()
@@ -189,11 +190,14 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
                 stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=BATCH,
                                    queue_length=len(q), enqueue_ns=stamps)
                 t7 = perf_ns()
-                sizer.observe(end_ns / 1e9, (end_ns - start_ns) / 1e9, BATCH, q.queued_samples)
+                if hasattr(scheduler, "finished"):
+                    scheduler.finished(end_ns, (end_ns - start_ns) / 1e9, BATCH, q.queued_samples, True)
+                else:
+                    scheduler.observe(end_ns / 1e9, (end_ns - start_ns) / 1e9, BATCH, q.queued_samples)
                 t8 = perf_ns()
                 for key, dt in (("take", t1 - t0), ("start", t2 - t1), ("assemble", t3 - t2),
                                 ("func", t4 - t3), ("split", t5 - t4), ("resolve", t6 - t5),
-                                ("stats", t7 - t6), ("sizer", t8 - t7)):
+                                ("stats", t7 - t6), ("scheduler", t8 - t7)):
                     acc[key] += dt
             return {k: v / (len(batches) * BATCH) for k, v in acc.items()}
 
@@ -201,7 +205,7 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
         for key, label in (("take", "take_batch"), ("start", "mark futures running (start_batch)"),
                            ("assemble", "assembly copy"), ("func", "batch function (batch * 2)"),
                            ("split", "result split"), ("resolve", "future resolution (resolve_batch)"),
-                           ("stats", "statistics (record_batch)"), ("sizer", "batch sizer (observe)")):
+                           ("stats", "statistics (record_batch)"), ("scheduler", "scheduler (finished)")):
             out[f"  {label}"] = min(r[key] for r in worker_rounds)
 
         # The worker alone, for real: queue n items while paused, time the drain.
@@ -356,7 +360,7 @@ ORDER = [
     "enqueue (no future): whole call",
     "worker loop: whole batch, per item", "  take_batch", "  mark futures running (start_batch)",
     "  assembly copy", "  batch function (batch * 2)", "  result split",
-    "  future resolution (resolve_batch)", "  statistics (record_batch)", "  batch sizer (observe)",
+    "  future resolution (resolve_batch)", "  statistics (record_batch)", "  scheduler (finished)",
     "consumer: result() of a done future",
 ]
 

@@ -8,8 +8,9 @@ cache directory and its compiled core built in place; ``.`` is the working tree.
 repeat runs ``bench.py`` once per version, each in its own process with that version's
 ``src/`` first on the path, the order of the versions rotating from one repeat to the
 next; the table gives the medians of the repeats and each version's ratio to the first.
-The plain-stdlib batcher runs with the first version as a yardstick (its figures say how
-fast the machine was during the run).
+The plain-stdlib batcher runs in every process too, so that each version runs the same
+sequence; its figure (from the first version's processes) is the yardstick that says how
+fast the machine was during the run.
 """
 
 from __future__ import annotations
@@ -46,6 +47,10 @@ def checkout(ref: str) -> str:
         os.makedirs(path, exist_ok=True)
         archive = subprocess.run(["git", "archive", sha], cwd=REPO, check=True, capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", path], input=archive, check=True)
+        try:
+            import Cython  # noqa: F401 - building a version's core needs it here
+        except ImportError:
+            raise SystemExit("building another version's compiled core needs Cython: pip install Cython") from None
         print(f"building {ref} ({sha}) in {path} ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=path, check=True,
                        stdout=subprocess.DEVNULL)
@@ -85,7 +90,8 @@ def main() -> int:
     for rep in range(args.repeat):
         order = args.refs[rep % len(args.refs):] + args.refs[:rep % len(args.refs)]
         for ref in order:
-            contenders = "compiled,stdlib" if ref == args.refs[0] else "compiled"
+            # The stdlib batcher in every process, so that each version runs the same sequence.
+            contenders = "compiled,stdlib"
             print(f"repeat {rep + 1}/{args.repeat}: {ref}", file=sys.stderr, flush=True)
             runs[ref].append(bench_once(paths[ref], args.only, args.quick, contenders))
     wanted = {int(w) for w in args.only.split(",")}

@@ -19,7 +19,7 @@ from ._lanes import Lane
 class Batch:
     """The items of one lane taken together, and what running them found out."""
 
-    __slots__ = ("calls", "enqueue_ns", "futures", "items", "lane", "pad_positions", "queue_length",
+    __slots__ = ("attempts", "calls", "clean", "enqueue_ns", "futures", "items", "lane", "pad_positions", "queue_length",
                  "real_positions", "samples", "start_ns", "worker", "_running")
 
     def __init__(self, lane: Lane, items: list[Any], futures: list[Any], enqueue_ns: npt.NDArray[Any],
@@ -37,6 +37,10 @@ class Batch:
         self.samples = len(items)
         self.pad_positions = self.real_positions = 0
         self.calls = 1
+        # Calls of the whole batch (retries included), and whether its one call succeeded
+        # at the first attempt: only such a batch measures what a batch costs.
+        self.attempts = 0
+        self.clean = False
         self._running = False
 
     @property

@@ -35,7 +35,6 @@ class Crew:
         self._registry = registry  # the run's batch threads
         self._lock = threading.Lock()  # guards workers, _wanted, _live and _closed
         self.forming = threading.Lock()  # held by the worker forming the next batch
-        self.last_start_ns = 0  # when the last batch started; written under ``forming``
         # Replaced, never mutated, under _lock: readers (statistics, the health monitor,
         # the intake, stop) read it without the lock.
         self.workers: tuple[Any, ...] = ()

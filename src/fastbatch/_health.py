@@ -26,7 +26,7 @@ from collections.abc import Callable
 import psutil
 
 from . import _backend
-from ._adaptive import BatchSizer
+from ._scheduler import Scheduler
 from ._config import BatchProcessingStrategy, BatchProcessorConfig
 
 logger = logging.getLogger("fastbatch")
@@ -60,13 +60,13 @@ class HealthMonitor:
         self,
         name: str,
         config: BatchProcessorConfig,
-        sizer: BatchSizer,
+        scheduler: Scheduler,
         queue_size: Callable[[], int],
         running_since_ns: Callable[[], list[int]],
     ) -> None:
         self.name = name
         self.config = config
-        self.sizer = sizer
+        self.scheduler = scheduler
         self._queue_size = queue_size
         self._running_since_ns = running_since_ns
         self._process = psutil.Process()
@@ -127,27 +127,27 @@ class HealthMonitor:
         levels = {level for level, _ in reasons.values()}
         status = "critical" if "critical" in levels else "warning" if levels else "ok"
         return HealthSnapshot(status, tuple(text for _, text in reasons.values()), memory,
-                              queued, running_s, self.sizer.size)
+                              queued, running_s, self.scheduler.size)
 
     def _act(self, reasons: dict[str, tuple[str, str]]) -> None:
         cfg = self.config
-        resizable = self.sizer.strategy is not BatchProcessingStrategy.FIXED
+        resizable = self.scheduler.strategy is not BatchProcessingStrategy.FIXED
         memory = reasons.get("memory")
         if memory is not None:
             if cfg.enable_memory_optimization:
                 gc.collect()
             if memory[0] == "critical" and resizable:
-                self.sizer.shrink(0.5)
+                self.scheduler.shrink(0.5)
         queue = reasons.get("queue")
         if queue is not None and resizable and memory is None:
             if queue[0] == "critical":
-                self.sizer.set(self.sizer.max_size)
+                self.scheduler.set(self.scheduler.max_size)
             else:
-                self.sizer.set(int(self.sizer.size * 1.25) + 1)
+                self.scheduler.set(int(self.scheduler.size * 1.25) + 1)
         for kind, (level, text) in reasons.items():
             if self._active.get(kind) != level:
                 log = logger.error if level == "critical" else logger.warning
-                log("fastbatch %s: %s (batch size now %d)", self.name, text, self.sizer.size)
+                log("fastbatch %s: %s (batch size now %d)", self.name, text, self.scheduler.size)
         for kind in self._active - reasons.keys():
             logger.info("fastbatch %s: %s back to normal", self.name, kind)
         self._active = {kind: level for kind, (level, _) in reasons.items()}

@@ -98,7 +98,7 @@ class Intake:
     def __init__(self, name: str, config: BatchProcessorConfig, counters: Counters,
                  predicted_latency_s: Callable[[int, bool], float]) -> None:
         self.name = name
-        # With a latency target: the sizer's estimate of a new item's latency, given the
+        # With a latency target: the scheduler's estimate of a new item's latency, given the
         # samples queued; an item over the target is shed.
         self._target_s = None if config.target_latency_ms is None else config.target_latency_ms / 1e3
         self._predicted_latency_s = predicted_latency_s

@@ -1,6 +1,6 @@
 """``BatchProcessor``: the public face of a processor — lifecycle, intake, observation.
 
-It keeps what outlives a run (config, statistics, sizer, totals, the pause flag) and
+It keeps what outlives a run (config, statistics, scheduler, totals, the pause flag) and
 delegates the rest: a ``Run`` (``_run``) owns each ``start()`` → ``stop()`` lifetime and its
 stop protocol, ``Intake`` (``_intake``) decides what a valid item is, ``Counters``
 (``_counters``) holds every total.
@@ -21,7 +21,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from . import _backend
-from ._adaptive import BatchSizer
+from ._scheduler import Scheduler
 from ._config import BatchPriority, BatchProcessorConfig
 from ._counters import Counters
 from ._errors import QueueClosedError, QueueFullError
@@ -82,8 +82,8 @@ class BatchProcessor(Generic[T, R]):
         self.stats = BatchStats(config.monitoring_window, enabled=config.enable_monitoring,
                                 counters=self._counters, time_buckets=config.latency_buckets,
                                 size_buckets=config.size_buckets)
-        self.sizer = BatchSizer(config)
-        self._intake = Intake(self.name, config, self._counters, self.sizer.predicted_latency_s)
+        self.scheduler = Scheduler(config)
+        self._intake = Intake(self.name, config, self._counters, self.scheduler.predicted_latency_s)
         self._lock = threading.Lock()  # one start() or stop() transition at a time
         self._reconfigure_lock = threading.Lock()  # one reconfigure() at a time
         self._run: Run | None = None
@@ -127,7 +127,7 @@ class BatchProcessor(Generic[T, R]):
             old = self._run
             if old is not None and old.state in (RUNNING, STOPPING):
                 raise RuntimeError(f"BatchProcessor {self.name!r} is already {old.state}")
-            run = Run(self.name, self.config, process_func, self.sizer, self.stats, self._counters,
+            run = Run(self.name, self.config, process_func, self.scheduler, self.stats, self._counters,
                       self._paused, loop)
             if old is not None:  # only once the new run exists: a refused start changes nothing
                 self._counters.close_run(old.accepted())
@@ -273,7 +273,7 @@ class BatchProcessor(Generic[T, R]):
         """
         if isinstance(new_size, bool) or not isinstance(new_size, (int, np.integer)):
             raise TypeError(f"new_size must be an int, not {type(new_size).__name__}")
-        applied = self.sizer.set(int(new_size))
+        applied = self.scheduler.set(int(new_size))
         if applied != new_size:
             logger.debug("fastbatch %s: update_batch_size(%d) clamped to %d (min_batch_size=%d, "
                          "max_batch_size=%d)", self.name, new_size, applied, self.config.min_batch_size,
@@ -317,7 +317,7 @@ class BatchProcessor(Generic[T, R]):
                 max_concurrent_batches=(old.max_concurrent_batches if max_concurrent_batches is None
                                         else max_concurrent_batches))
             self.config = new
-            self.sizer.reconfigure(new)
+            self.scheduler.reconfigure(new)
             self._intake.reconfigure(new)
             with self._lock:  # a start() meanwhile reads the new config, or is seen here
                 run = self._run
@@ -346,8 +346,8 @@ class BatchProcessor(Generic[T, R]):
         queued = len(run.queue) if live and run is not None else 0
         queued = max(0, queued - max(0, counts["expired"] - counts["expired_dropped"]))
         stats.update(
-            current_batch_size=self.sizer.size,
-            system_load=self.sizer.load,
+            current_batch_size=self.scheduler.size,
+            system_load=self.scheduler.load,
             active_batches=len(run.running_since_ns()) if run is not None else 0,
             items_in_flight=max(0, counts["in_flight"]),
             queue_size=queued,
@@ -373,7 +373,7 @@ class BatchProcessor(Generic[T, R]):
 
     def _policy_stats(self) -> dict[str, float]:
         """What the ADAPTIVE policy believes (zeros before it has measured, or for others)."""
-        policy = self.sizer.policy
+        policy = self.scheduler.policy
         if policy is None or not policy.cost.fitted:
             return {"policy_fixed_cost_ms": 0.0, "policy_per_sample_cost_ms": 0.0, "policy_wait_ms": 0.0}
         return {"policy_fixed_cost_ms": policy.cost.fixed * 1e3,
@@ -396,7 +396,7 @@ class BatchProcessor(Generic[T, R]):
         run = self._run
         if run is None or run.state != RUNNING:
             return HealthSnapshot("stopped", (f"the processor is {self._state}",), math.nan, 0, 0.0,
-                                  self.sizer.size)
+                                  self.scheduler.size)
         return run.monitor.check(act=False)
 
     @property
@@ -443,7 +443,7 @@ class BatchProcessor(Generic[T, R]):
         self._lock = threading.Lock()
         self._counters.reset_after_fork()
         self.stats.reset_after_fork()
-        self.sizer.reset_after_fork()
+        self.scheduler.reset_after_fork()
         run = self._run
         hint = ""
         if run is not None and run.state in (RUNNING, STOPPING):

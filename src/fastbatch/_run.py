@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _backend
-from ._adaptive import BatchSizer
+from ._scheduler import Scheduler
 from ._batch_call import BatchCall
 from ._config import BatchProcessorConfig
 from ._counters import Counters
@@ -58,7 +58,7 @@ class Run:
     """One lifetime of a processor: started on creation, ended by :meth:`stop`."""
 
     def __init__(self, name: str, config: BatchProcessorConfig, func: Callable[[Any], Any],
-                 sizer: BatchSizer, stats: BatchStats, counters: Counters, paused: bool,
+                 scheduler: Scheduler, stats: BatchStats, counters: Counters, paused: bool,
                  loop: Any = None) -> None:
         self.name = name
         self.counters = counters
@@ -84,9 +84,9 @@ class Run:
         self.reaper = DeadlineReaper(name, self.callbacks.submit, counters, self.helper_threads)
         # The workers, each taking and running batches on its own thread; the run ends
         # when the last one is out (worker_exited).
-        self.crew = Crew(lambda index: Worker(self, config, self.call, sizer, stats, self.crew, index),
+        self.crew = Crew(lambda index: Worker(self, config, self.call, scheduler, stats, self.crew, index),
                          self.abort, self.batch_threads)
-        self.monitor = HealthMonitor(name, config, sizer, self.queue.__len__, self.crew.running_since_ns)
+        self.monitor = HealthMonitor(name, config, scheduler, self.queue.__len__, self.crew.running_since_ns)
         try:
             self.crew.resize(config.max_concurrent_batches)
         except BaseException:

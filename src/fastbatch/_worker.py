@@ -4,7 +4,7 @@ A run has one ``Worker`` per batch that may be in flight (``max_concurrent_batch
 each on its own thread (``fastbatch-worker-<name>``, then ``-1``, ``-2`` ...), all in the
 run's ``Crew``; a worker holds that run, never the processor. It owns its assembly
 buffers; what it shares with other threads is thread-safe by itself (the queue, the
-sizer, the policy, the statistics, the counters, events), taken in turn (forming a batch,
+scheduler, the statistics, the counters, events), taken in turn (forming a batch,
 under the crew's ``forming`` lock) or a ``Batch`` it alone changes (``current``), which it
 publishes under ``handoff`` so that a ``stop()`` past its deadline sees every taken item
 either in a batch or not taken at all. Everything about one batch lives on its
@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _backend
-from ._adaptive import BatchSizer
 from ._batch import Batch
 from ._config import BatchProcessorConfig
 from ._crew import Crew
@@ -32,6 +31,7 @@ from ._future import add_note, fail_futures, forget_notes, resolve_batch, start_
 from ._kinds import Buffers, Kind, kind_of
 from ._lanes import Lane
 from ._results import kept
+from ._scheduler import Scheduler
 from ._stats import BatchStats
 from ._threads import ItemPool
 
@@ -45,14 +45,14 @@ class Worker:
     """Runs batches until the run's queue is closed and empty, or the run is abandoned."""
 
     def __init__(self, run: Any, config: BatchProcessorConfig, func: Callable[..., Any],
-                 sizer: BatchSizer, stats: BatchStats, crew: Crew, index: int = 0) -> None:
+                 scheduler: Scheduler, stats: BatchStats, crew: Crew, index: int = 0) -> None:
         self.run = run
         self.crew = crew
         self.name = run.name
         self.config = config
         self.func = func
         self.queue = run.queue
-        self.sizer = sizer
+        self.scheduler = scheduler
         self.stats = stats
         self.counters = run.counters
         self.abort = run.abort
@@ -163,53 +163,28 @@ class Worker:
 
     def _form(self) -> tuple[list[Any], list[Any], Any, Lane, int] | None:
         """Wait for the next batch and take it (the crew's turn is ours); None: the run ends."""
-        cfg = self.config
-        crew = self.crew
         queue = self.queue
-        interval_ns = int(cfg.min_batch_interval * 1e9)
-        if interval_ns and crew.last_start_ns:
-            wait_s = (crew.last_start_ns + interval_ns - _backend.monotonic_ns()) / 1e9
-            if wait_s > 0 and self.abort.wait(wait_s):
-                return None
+        scheduler = self.scheduler
+        bucket = self.config.bucket_by_length
         while not self.abort.is_set():
-            # Read before the limits: a reconfigure() after this read interrupts the take
-            # below, and one before it has already set the limits read next.
+            # Read before the plan: a reconfigure() after this read interrupts the take
+            # below, and one before it has already set the limits the plan reads.
             generation = queue.generation
-            size = self.sizer.size
-            linger = cap = self.sizer.max_wait_s()
-            until_ns = 0
-            policy = self.sizer.policy
-            if policy is not None and policy.active:
-                try:
-                    now_ns = _backend.monotonic_ns()
-                    linger, until_ns = policy.plan(now_ns, queue.queued_samples, size, self.sizer.arrival_rate)
-                    linger = min(linger, cap)
-                    if until_ns:
-                        until_ns = min(until_ns, now_ns + int(cap * 1e9))
-                except Exception:  # noqa: BLE001 - a planning bug must not stop the batches
-                    self._policy_failed()
-                    policy = None
+            plan = scheduler.plan(queue.queued_samples)
+            if plan.not_before_s:  # min_batch_interval: too early, plan again then
+                if self.abort.wait(plan.not_before_s):
+                    return None
+                continue
             try:
-                got = queue.take_batch(size, self.max_bytes, linger, None, True, cfg.bucket_by_length,
-                                       until_ns, generation)
+                got = queue.take_batch(plan.size, self.max_bytes, plan.linger_s, None, True, bucket,
+                                       plan.until_ns, generation)
             except QueueClosedError:
                 return None
             if got is None:  # interrupted by reconfigure() before a request was taken
                 continue
             items, futures, enqueue_ns, lane = got
-            if policy is not None and policy.active:
-                try:
-                    policy.taken(enqueue_ns)
-                except Exception:  # noqa: BLE001 - the items are taken: they must still run
-                    self._policy_failed()
-            start_ns = crew.last_start_ns = _backend.monotonic_ns()
-            return items, futures, enqueue_ns, lane, start_ns
+            return items, futures, enqueue_ns, lane, scheduler.started(enqueue_ns)
         return None
-
-    def _policy_failed(self) -> None:
-        logger.exception("fastbatch %s: the batching policy failed; the classic rule "
-                         "(wait batch_timeout from the first item) applies from now on", self.name)
-        self.sizer.drop_policy()
 
     def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> int:
         """Fail items that will never run (thread-safe), counting each outcome once.
@@ -271,21 +246,19 @@ class Worker:
         if arrivals.due(end_s):
             # At most every ArrivalMeter.step_s: the snapshot's lock is not paid per batch.
             arrivals.mark(end_s, self.counters.snapshot()["submitted_before"] + self.queue.total_puts)
-        self.sizer.observe(end_ns / 1e9, (end_ns - start_ns) / 1e9, samples, self.queue.queued_samples)
+        clean = batch.clean and not errors
+        self.scheduler.finished(end_ns, (end_ns - start_ns) / 1e9, samples, self.queue.queued_samples, clean)
         if errors:
             if self.config.reduce_batch_on_failure:
-                self.sizer.shrink()
+                self.scheduler.shrink()
             self._fail_items(futures, errors)
         if with_futures and results is not None:
             if errors:
                 futures = [f for i, f in enumerate(futures) if i not in errors]
                 results = [r for i, r in enumerate(results) if i not in errors]
             resolve_batch(futures, results, self.callbacks.submit, self.counters)
-        policy = self.sizer.policy
-        if policy is not None and calls == 1:
-            # Measured from when the results are out: a closed loop's callers come back then.
-            policy.observe(samples, (end_ns - start_ns) / 1e9, _backend.monotonic_ns(), len(items),
-                           self.sizer.ema_processing_s)
+        if clean and calls == 1:
+            self.scheduler.handed_out(samples, (end_ns - start_ns) / 1e9, len(items))
         if self.config.enable_memory_optimization:
             self._batches_since_gc += 1
             if self._batches_since_gc >= self.config.gc_batch_threshold:
@@ -321,7 +294,11 @@ class Worker:
         whole = hi - lo == len(items)
         part = items if whole else items[lo:hi]
         arg, n, splitter = kind.assemble(self.buffers, job, part, whole, self.config)
-        result = self._call_with_retries(arg, n, job.key) if whole else self.func(arg, job.key)
+        if whole:
+            result = self._call_with_retries(arg, n, job.key, job)
+            job.clean = job.attempts == 1  # one call, first attempt: a measure of the batch's cost
+        else:
+            result = self.func(arg, job.key)
         del arg  # our reference must not keep an assembler from reusing its buffer
         if split:
             shared = kept(result)  # first, with the result held by this frame alone
@@ -399,7 +376,8 @@ class Worker:
         items = batch.items
         if self._pool is None:
             self._pool = ItemPool(self.name, self.config.max_workers, self.run.batch_threads)
-        run_one = functools.partial(self._call_with_retries, samples=1, key=batch.key)
+        batch.clean = True  # unless a call of an item is retried (or an item fails)
+        run_one = functools.partial(self._call_with_retries, samples=1, key=batch.key, job=batch)
         calls = [self._pool.submit(run_one, item) for item in items]
         concurrent.futures.wait(calls, timeout=self.config.item_timeout)
         results: list[Any] = [None] * len(items)
@@ -418,11 +396,15 @@ class Worker:
                     f"the batch function took longer than item_timeout={self.config.item_timeout}s")
         return results, errors
 
-    def _call_with_retries(self, arg: Any, samples: int = 1, key: Any = None) -> Any:
+    def _call_with_retries(self, arg: Any, samples: int = 1, key: Any = None, job: Batch | None = None) -> Any:
         cfg = self.config
         attempt = 0
         while True:
             attempt += 1
+            if job is not None:
+                job.attempts = attempt
+                if attempt > 1:
+                    job.clean = False
             try:
                 return self.func(arg, key)
             except Exception as exc:

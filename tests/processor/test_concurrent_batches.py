@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import fastbatch
-from fastbatch._adaptive import BatchSizer
+from fastbatch._scheduler import Scheduler
 from fastbatch._policy import Arrivals, WaitPolicy
 from fb_fixtures import poll
 
@@ -399,13 +399,13 @@ def test_when_every_worker_has_crashed_the_run_ends_and_nothing_is_left_pending(
 
 def test_shedding_counts_the_batches_that_run_side_by_side():
     config = fastbatch.BatchProcessorConfig(max_batch_size=4, max_concurrent_batches=2)
-    sizer = BatchSizer(config)
+    sizer = Scheduler(config)
     sizer.set(4)
     sizer.ema_processing_s = 0.1
     # 12 samples ahead + the new one: 4 batches of 4, two at a time -> 2 rounds.
     assert sizer.predicted_latency_s(12, busy=False) == pytest.approx(0.2)
     assert sizer.predicted_latency_s(12, busy=True) == pytest.approx(0.25)
-    one = BatchSizer(fastbatch.BatchProcessorConfig(max_batch_size=4))
+    one = Scheduler(fastbatch.BatchProcessorConfig(max_batch_size=4))
     one.set(4)
     one.ema_processing_s = 0.1
     assert one.predicted_latency_s(12, busy=False) == pytest.approx(0.4)
@@ -562,7 +562,7 @@ def test_a_worker_failing_between_take_and_start_fails_those_items(make_processo
 
 def test_changing_only_the_concurrency_keeps_what_the_policy_learnt(make_processor):
     processor = make_processor(lambda b: b * 2, processing_strategy="adaptive")
-    policy = processor.sizer.policy
+    policy = processor.scheduler.policy
     arrivals = policy.arrivals
     processor.reconfigure(max_concurrent_batches=2)
     assert policy.arrivals is arrivals

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastbatch
+from fb_fixtures import poll
 
 
 class Flaky:
@@ -499,7 +500,7 @@ def test_a_list_result_that_is_not_a_sequence_fails_once_without_isolation(make_
 @pytest.mark.parametrize("step", ["plan", "taken"])
 def test_a_failing_batching_policy_is_dropped_and_loses_no_item(make_processor, caplog, step):
     processor = make_processor(lambda b: b * 2, max_batch_size=4)  # ADAPTIVE: the measured policy
-    policy = processor.sizer.policy
+    policy = processor.scheduler.policy
     assert policy is not None
 
     def bug(*args, **kwargs):
@@ -516,5 +517,27 @@ def test_a_failing_batching_policy_is_dropped_and_loses_no_item(make_processor, 
         for i in range(3):  # each a batch of its own: the policy is asked before each
             np.testing.assert_array_equal(processor.enqueue_predict(np.full(2, float(i))).result(5),
                                           np.full(2, 2.0 * i))
-    assert processor.sizer.policy is None
+    assert processor.scheduler.policy is None
     assert "the batching policy failed; the classic rule" in caplog.text
+
+
+def test_a_retried_batch_does_not_teach_the_scheduler_what_a_batch_costs(make_processor):
+    # The retry waits retry_delay: 0.3 s that are a failure's, not a batch's cost.
+    failed_once = threading.Event()
+
+    def flaky(batch):
+        if not failed_once.is_set():
+            failed_once.set()
+            raise ConnectionError("the backend blinked")
+        threading.Event().wait(0.002)  # a model of 2 ms: slow enough for the policy to measure
+        return batch * 2
+
+    processor = make_processor(flaky, max_batch_size=4, max_retries=1, retry_delay=0.3,
+                               processing_strategy="adaptive")
+    scheduler = processor.scheduler
+    np.testing.assert_array_equal(processor.enqueue_predict(np.ones(2)).result(5), np.full(2, 2.0))
+    # One worker: the retried batch was reported before the next one was formed.
+    np.testing.assert_array_equal(processor.enqueue_predict(np.ones(2)).result(5), np.full(2, 2.0))
+    assert poll(lambda: scheduler.policy.cost._count >= 1)
+    assert scheduler.policy.cost._count == 1  # the clean batch only
+    assert scheduler.ema_processing_s < 0.3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 import pytest
@@ -95,14 +96,14 @@ def test_reconfiguring_under_load_loses_nothing(make_processor):
 def test_a_new_batch_timeout_reaches_an_idle_processor(make_processor, strategy):
     processor = make_processor(max_batch_size=2, batch_timeout=30.0, processing_strategy=strategy)
     planned = threading.Event()
-    max_wait_s = processor.sizer.max_wait_s
+    plan = processor.scheduler.plan
 
-    def planning() -> float:  # the worker plans its next batch's wait: it is idle then
-        wait = max_wait_s()
+    def planning(queued: int) -> Any:  # the worker plans its next batch: it is idle then
+        made = plan(queued)
         planned.set()
-        return wait
+        return made
 
-    processor.sizer.max_wait_s = planning
+    processor.scheduler.plan = planning
     processor.start(lambda b: b * 2)
     assert planned.wait(5)  # the worker has planned a 30 s wait for its next batch
     processor.reconfigure(batch_timeout=0.001)

@@ -12,7 +12,7 @@ import pytest
 
 import fastbatch
 from fastbatch import BatchProcessingStrategy, BatchProcessorConfig
-from fastbatch._adaptive import BatchSizer
+from fastbatch._scheduler import Scheduler
 
 SEED_KEYS = {
     "avg_processing_time_ms", "p95_processing_time_ms", "avg_batch_size", "max_batch_size",
@@ -123,18 +123,23 @@ def test_batch_stats_seed_api():
 def _sizer(**fields):
     base = dict(initial_batch_size=100, min_batch_size=10, max_batch_size=400, batch_timeout=0.1)
     base.update(fields)
-    return BatchSizer(BatchProcessorConfig(**base))
+    return Scheduler(BatchProcessorConfig(**base), clock=lambda: 0)
+
+
+def finish(scheduler, end_s, processing_s, samples, backlog):
+    """A clean batch of ``samples`` ended at ``end_s`` (scripted time)."""
+    scheduler.finished(int(end_s * 1e9), processing_s, samples, backlog, clean=True)
 
 
 def test_adaptive_grows_when_fast_and_never_shrinks_because_the_model_is_slow():
     sizer = _sizer()
-    sizer.observe(1.0, processing_s=0.01, samples=100, backlog=0)  # fast next to the timeout
+    finish(sizer, 1.0, processing_s=0.01, samples=100, backlog=0)  # fast next to the timeout
     assert sizer.size == 120
     sizer = _sizer()
     for k in range(50):  # every batch takes longer than batch_timeout: still no shrinking
-        sizer.observe(float(k), processing_s=0.5, samples=1, backlog=0)
+        finish(sizer, float(k), processing_s=0.5, samples=1, backlog=0)
     assert sizer.size == 100
-    sizer.observe(60.0, processing_s=0.5, samples=100, backlog=100)  # a full batch waits: grow
+    finish(sizer, 60.0, processing_s=0.5, samples=100, backlog=100)  # a full batch waits: grow
     assert sizer.size == 120
     assert sizer.shrink() == 60  # failures and memory pressure still shrink it
 
@@ -149,7 +154,7 @@ def test_adaptive_keeps_up_with_arrivals_on_a_slow_model():
         backlog += rate * duration
         taken = min(sizer.size, int(backlog))
         backlog -= taken
-        sizer.observe(t, processing_s=duration, samples=taken, backlog=int(backlog))
+        finish(sizer, t, processing_s=duration, samples=taken, backlog=int(backlog))
     assert sizer.size >= math.ceil(rate * duration)
     assert backlog < sizer.size  # keeping up: no growing queue
 
@@ -160,17 +165,17 @@ def test_fixed_and_greedy_keep_their_size():
     off = _sizer(enable_adaptive_batching=False)
     for s in (fixed, greedy, off):
         before = s.size
-        s.observe(1.0, processing_s=0.09, samples=1, backlog=0)
-        s.observe(2.0, processing_s=0.001, samples=1, backlog=0)
+        finish(s, 1.0, processing_s=0.09, samples=1, backlog=0)
+        finish(s, 2.0, processing_s=0.001, samples=1, backlog=0)
         assert s.size == before
     assert greedy.size == 400 and fixed.size == 100
 
 
 def test_balanced_follows_backlog():
     sizer = _sizer(processing_strategy="balanced")
-    sizer.observe(1.0, processing_s=0.01, samples=50, backlog=250)
+    finish(sizer, 1.0, processing_s=0.01, samples=50, backlog=250)
     assert sizer.size == 250
-    sizer.observe(2.0, processing_s=0.01, samples=5, backlog=0)
+    finish(sizer, 2.0, processing_s=0.01, samples=5, backlog=0)
     assert sizer.size == 10
 
 
@@ -235,7 +240,7 @@ def test_health_reports_every_stuck_batch_with_the_longest_running_time():
     config = BatchProcessorConfig(stuck_batch_timeout=5.0, enable_health_monitoring=False)
     now = _backend.monotonic_ns()
     running = [now - 9_000_000_000, now - 1_000_000_000, now - 7_000_000_000]  # scripted start times
-    monitor = HealthMonitor("scripted", config, BatchSizer(config), lambda: 0, lambda: list(running))
+    monitor = HealthMonitor("scripted", config, Scheduler(config), lambda: 0, lambda: list(running))
     snap = monitor.check()
     assert snap.status == "critical" and snap.batch_running_s >= 9.0
     assert "2 batches have been running for 9.0s, 7.0s (stuck_batch_timeout=5.0s)" in snap.reasons[0]

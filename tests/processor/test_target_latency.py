@@ -14,7 +14,7 @@ def _loaded(make_processor, gate, **config):
     """A processor whose batches have been measured at ~`batch time`, then held busy."""
     processor = make_processor(gate, max_batch_size=4, initial_batch_size=4, processing_strategy="fixed",
                                batch_timeout=0.0, **config)
-    processor.sizer.ema_processing_s = 0.1  # scripted: every batch of 4 takes 100 ms
+    processor.scheduler.ema_processing_s = 0.1  # scripted: every batch of 4 takes 100 ms
     gate.hold()
     processor.enqueue_predict(np.zeros(2))
     assert gate.entered.wait(5)
@@ -66,11 +66,11 @@ def test_target_latency_must_be_positive():
 def test_the_target_shortens_the_wait_for_more_items(make_processor):
     processor = make_processor(lambda b: b + 1, max_batch_size=64, batch_timeout=30.0,
                                processing_strategy="fixed", target_latency_ms=50.0)
-    assert processor.sizer.max_wait_s() == pytest.approx(0.05)  # before any batch: the target
+    assert processor.scheduler.max_wait_s() == pytest.approx(0.05)  # before any batch: the target
     # Without the target a lone item would wait the whole 30 s timeout for company.
     np.testing.assert_array_equal(processor.enqueue_predict(np.zeros(2)).result(timeout=10), np.ones(2))
-    processor.sizer.ema_processing_s = 0.01  # scripted: batches take 10 ms
-    assert processor.sizer.max_wait_s() == pytest.approx(0.04)
+    processor.scheduler.ema_processing_s = 0.01  # scripted: batches take 10 ms
+    assert processor.scheduler.max_wait_s() == pytest.approx(0.04)
     np.testing.assert_array_equal(processor.enqueue_predict(np.ones(2)).result(timeout=10), np.full(2, 2.0))
 
 
