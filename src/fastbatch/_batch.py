@@ -38,7 +38,8 @@ class Batch:
         self.pad_positions = self.real_positions = 0
         self.calls = 1
         # Calls of the whole batch (retries included), and whether its one call succeeded
-        # at the first attempt: only such a batch measures what a batch costs.
+        # at the first attempt and its result split: only such a batch measures what a
+        # batch costs.
         self.attempts = 0
         self.clean = False
         self._running = False

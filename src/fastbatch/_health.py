@@ -143,7 +143,7 @@ class HealthMonitor:
             if queue[0] == "critical":
                 self.scheduler.set(self.scheduler.max_size)
             else:
-                self.scheduler.set(int(self.scheduler.size * 1.25) + 1)
+                self.scheduler.grow(1.25)
         for kind, (level, text) in reasons.items():
             if self._active.get(kind) != level:
                 log = logger.error if level == "critical" else logger.warning

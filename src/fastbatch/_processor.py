@@ -82,7 +82,7 @@ class BatchProcessor(Generic[T, R]):
         self.stats = BatchStats(config.monitoring_window, enabled=config.enable_monitoring,
                                 counters=self._counters, time_buckets=config.latency_buckets,
                                 size_buckets=config.size_buckets)
-        self.scheduler = Scheduler(config)
+        self.scheduler = Scheduler(config, name=self.name)
         self._intake = Intake(self.name, config, self._counters, self.scheduler.predicted_latency_s)
         self._lock = threading.Lock()  # one start() or stop() transition at a time
         self._reconfigure_lock = threading.Lock()  # one reconfigure() at a time

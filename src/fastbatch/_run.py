@@ -87,6 +87,7 @@ class Run:
         self.crew = Crew(lambda index: Worker(self, config, self.call, scheduler, stats, self.crew, index),
                          self.abort, self.batch_threads)
         self.monitor = HealthMonitor(name, config, scheduler, self.queue.__len__, self.crew.running_since_ns)
+        scheduler.new_run()
         try:
             self.crew.resize(config.max_concurrent_batches)
         except BaseException:

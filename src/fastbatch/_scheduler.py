@@ -21,9 +21,11 @@ clock (injected: tests script time):
 - ``min_batch_interval``, from the start of the last batch, whichever worker ran it.
 
 After each batch the worker reports it (:meth:`finished`, then :meth:`handed_out` once its
-results are out); only a clean batch — calls that succeeded at their first attempt —
-teaches the usual batch time and, if it was one call, the cost model: retries, their
-delays and failure isolation measure a failure, not what a batch costs.
+results are out). Every batch counts in the usual batch time (a failing backend's
+retries make items late, and shedding must see it); only a clean batch — one call that
+succeeded at its first attempt, its result split without a failure — teaches the cost
+model: retries, their delays and failure isolation measure a failure, not what a batch
+costs.
 Several workers report at once: the state they change is under one lock.
 """
 
@@ -80,18 +82,20 @@ class Plan:
 class Scheduler:
     """Decides each batch's size and wait; fed by the workers' batch ends."""
 
-    def __init__(self, config: BatchProcessorConfig, clock: Callable[[], int] = _backend.monotonic_ns) -> None:
+    def __init__(self, config: BatchProcessorConfig, clock: Callable[[], int] = _backend.monotonic_ns,
+                 name: str = "") -> None:
+        self.name = name  # the processor's, for the log
         self.strategy = config.effective_strategy
         self.limits = Limits.of(config)
         self.clock = clock
         self._lock = threading.RLock()  # the size and the measurements; finished() sets the size
         self._size = config.max_batch_size if self.strategy is BatchProcessingStrategy.GREEDY else config.initial_batch_size
-        self.ema_processing_s = math.nan  # the usual batch time, clean batches only
+        self.ema_processing_s = math.nan  # the usual batch time, every batch
         self.arrival_rate = 0.0  # samples per second, EMA: the one arrival estimate
         self._rate_seen = False
         self._last_end_s = math.nan
         self._last_backlog = 0
-        self._last_start_ns = 0  # the last batch's start, any worker's (min_batch_interval)
+        self._last_start_ns = 0  # the last batch's start in this run, any worker's (min_batch_interval)
         # Plans when each batch is released (ADAPTIVE only): learns the batch cost and
         # how items arrive, across runs.
         self.policy = WaitPolicy(config.batch_timeout) if self.strategy is BatchProcessingStrategy.ADAPTIVE else None
@@ -167,29 +171,30 @@ class Scheduler:
 
     def started(self, enqueue_ns: npt.NDArray[np.int64]) -> int:
         """A batch was taken (its items' enqueue times); returns its start time."""
-        start_ns = self._last_start_ns = self.clock()
         policy = self.policy
         if policy is not None and policy.active:
             try:
                 policy.taken(enqueue_ns)
             except Exception:  # noqa: BLE001 - the items are taken: they must still run
                 self._policy_failed()
+        start_ns = self._last_start_ns = self.clock()  # after the policy's work: not the batch's cost
         return start_ns
+
+    def new_run(self) -> None:
+        """A run starts: its first batch is not spaced from the last run's."""
+        self._last_start_ns = 0
 
     # -- after a batch ----------------------------------------------------------------------
 
-    def finished(self, end_ns: int, seconds: float, samples: int, backlog: int, clean: bool) -> None:
+    def finished(self, end_ns: int, seconds: float, samples: int, backlog: int) -> None:
         """A batch of ``samples`` ended at ``end_ns`` after ``seconds``, ``backlog`` samples
         still queued (called before its futures learn their outcome: whoever sees a
-        result sees the batch in the statistics). ``clean``: every call succeeded at its
-        first attempt, with no failure to isolate — only such a batch measures what a
-        batch costs."""
+        result sees the batch in the statistics)."""
         with self._lock:
-            if clean:
-                if math.isnan(self.ema_processing_s):
-                    self.ema_processing_s = seconds
-                else:
-                    self.ema_processing_s += _ALPHA * (seconds - self.ema_processing_s)
+            if math.isnan(self.ema_processing_s):
+                self.ema_processing_s = seconds
+            else:
+                self.ema_processing_s += _ALPHA * (seconds - self.ema_processing_s)
             self._arrived(end_ns / 1e9, samples, backlog)
             if self.strategy is BatchProcessingStrategy.ADAPTIVE:
                 self._adapt(backlog)
@@ -197,7 +202,7 @@ class Scheduler:
                 self.set(max(samples, backlog))
 
     def handed_out(self, samples: int, seconds: float, resolved: int) -> None:
-        """A clean batch of one call handed out its ``resolved`` results now: the cost model
+        """A clean batch (one call, first attempt, split without a failure) handed out its ``resolved`` results now: the cost model
         learns what it cost, and the arrival model times from now the callers that come
         back (a closed loop's callers send again once they have their result)."""
         policy = self.policy
@@ -245,6 +250,12 @@ class Scheduler:
             self._size = max(limits.min_size, min(limits.max_size, int(size)))
             return self._size
 
+    def grow(self, factor: float) -> int:
+        """Raise the size (a growing queue); never above the maximum."""
+        with self._lock:
+            self._size = max(self.limits.min_size, min(self.limits.max_size, int(self._size * factor) + 1))
+            return self._size
+
     def shrink(self, factor: float = 0.5) -> int:
         """Reduce the size (failures, memory pressure); never below the minimum."""
         with self._lock:
@@ -256,8 +267,8 @@ class Scheduler:
         self.policy = None
 
     def _policy_failed(self) -> None:
-        logger.exception("fastbatch: the batching policy failed; the classic rule (wait "
-                         "batch_timeout from the first item) applies from now on")
+        logger.exception("fastbatch %s: the batching policy failed; the classic rule (wait "
+                         "batch_timeout from the first item) applies from now on", self.name)
         self.drop_policy()
 
     def reset_after_fork(self) -> None:

@@ -246,8 +246,7 @@ class Worker:
         if arrivals.due(end_s):
             # At most every ArrivalMeter.step_s: the snapshot's lock is not paid per batch.
             arrivals.mark(end_s, self.counters.snapshot()["submitted_before"] + self.queue.total_puts)
-        clean = batch.clean and not errors
-        self.scheduler.finished(end_ns, (end_ns - start_ns) / 1e9, samples, self.queue.queued_samples, clean)
+        self.scheduler.finished(end_ns, (end_ns - start_ns) / 1e9, samples, self.queue.queued_samples)
         if errors:
             if self.config.reduce_batch_on_failure:
                 self.scheduler.shrink()
@@ -257,7 +256,7 @@ class Worker:
                 futures = [f for i, f in enumerate(futures) if i not in errors]
                 results = [r for i, r in enumerate(results) if i not in errors]
             resolve_batch(futures, results, self.callbacks.submit, self.counters)
-        if clean and calls == 1:
+        if batch.clean:
             self.scheduler.handed_out(samples, (end_ns - start_ns) / 1e9, len(items))
         if self.config.enable_memory_optimization:
             self._batches_since_gc += 1
@@ -294,18 +293,17 @@ class Worker:
         whole = hi - lo == len(items)
         part = items if whole else items[lo:hi]
         arg, n, splitter = kind.assemble(self.buffers, job, part, whole, self.config)
-        if whole:
-            result = self._call_with_retries(arg, n, job.key, job)
-            job.clean = job.attempts == 1  # one call, first attempt: a measure of the batch's cost
-        else:
-            result = self.func(arg, job.key)
+        result = self._call_with_retries(arg, n, job.key, job) if whole else self.func(arg, job.key)
         del arg  # our reference must not keep an assembler from reusing its buffer
+        rows: list[Any] | None = None
         if split:
             shared = kept(result)  # first, with the result held by this frame alone
-            rows: list[Any] = kind.split(splitter, part, result, n, shared)
-            return rows
-        kind.check(splitter, part, result, n, self.config)
-        return None
+            rows = kind.split(splitter, part, result, n, shared)
+        else:
+            kind.check(splitter, part, result, n, self.config)
+        # One call, first attempt, a result that splits: a measure of what a batch costs.
+        job.clean = whole and job.attempts == 1
+        return rows
 
     def _run_isolated(self, kind: Kind, job: Batch, split: bool
                       ) -> tuple[list[Any] | None, dict[int, BaseException]]:
@@ -376,8 +374,7 @@ class Worker:
         items = batch.items
         if self._pool is None:
             self._pool = ItemPool(self.name, self.config.max_workers, self.run.batch_threads)
-        batch.clean = True  # unless a call of an item is retried (or an item fails)
-        run_one = functools.partial(self._call_with_retries, samples=1, key=batch.key, job=batch)
+        run_one = functools.partial(self._call_with_retries, samples=1, key=batch.key)
         calls = [self._pool.submit(run_one, item) for item in items]
         concurrent.futures.wait(calls, timeout=self.config.item_timeout)
         results: list[Any] = [None] * len(items)
@@ -403,8 +400,6 @@ class Worker:
             attempt += 1
             if job is not None:
                 job.attempts = attempt
-                if attempt > 1:
-                    job.clean = False
             try:
                 return self.func(arg, key)
             except Exception as exc:

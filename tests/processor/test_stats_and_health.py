@@ -128,7 +128,7 @@ def _sizer(**fields):
 
 def finish(scheduler, end_s, processing_s, samples, backlog):
     """A clean batch of ``samples`` ended at ``end_s`` (scripted time)."""
-    scheduler.finished(int(end_s * 1e9), processing_s, samples, backlog, clean=True)
+    scheduler.finished(int(end_s * 1e9), processing_s, samples, backlog)
 
 
 def test_adaptive_grows_when_fast_and_never_shrinks_because_the_model_is_slow():
