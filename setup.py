@@ -23,11 +23,11 @@ compile_args = ["/std:c++17"] if os.name == "nt" else ["-std=c++17", "-O2"]
 
 extensions = [
     Extension(
-        "fastbatch._core",
-        ["src/fastbatch/_core.pyx"],
+        "fastbatch.core._core",
+        ["src/fastbatch/core/_core.pyx"],
         # Inlined into _core.cpp: a change to either must rebuild the extension.
-        depends=["src/fastbatch/_numeric.pxd", "src/fastbatch/_sync.hpp"],
-        include_dirs=[numpy.get_include(), "src/fastbatch"],
+        depends=["src/fastbatch/core/_numeric.pxd", "src/fastbatch/core/_sync.hpp"],
+        include_dirs=[numpy.get_include(), "src/fastbatch/core"],
         define_macros=macros,
         language="c++",
         extra_compile_args=compile_args,

@@ -90,7 +90,7 @@ def _git(*args: str) -> str:
 
 def environment() -> dict[str, Any]:
     """What was measured, on what."""
-    src = os.path.dirname(wl.fastbatch.__file__)
+    src = os.path.dirname(wl._backend.__file__)  # the compiled core sits beside it
     stale = False
     try:
         pyx = os.path.getmtime(os.path.join(src, "_core.pyx"))

@@ -80,7 +80,7 @@ def fastbatch_pieces(contender: wl.Contender, n: int, rounds: int) -> dict[str, 
     from fastbatch import _future
 
     try:
-        from fastbatch import _results
+        from fastbatch.items import _results
     except ImportError:  # an older tree: the core's split alone
         _results = None  # type: ignore[assignment]
 

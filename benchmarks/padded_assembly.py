@@ -4,11 +4,11 @@
 
 Three contenders build the same ``(data, lengths, mask)`` from the same items:
 
-* ``compiled``: ``fastbatch._core.assemble_padded``;
+* ``compiled``: ``fastbatch.core._core.assemble_padded``;
 * ``numpy``: the code a user would write — ``np.full((B, L_max, *rest), pad)``, a slice
   assignment per row, ``lengths`` from the items, ``mask = np.arange(L_max) <
   lengths[:, None]``;
-* ``python``: the pure-Python twin, ``fastbatch._core_py.assemble_padded``.
+* ``python``: the pure-Python twin, ``fastbatch.core._core_py.assemble_padded``.
 
 Cases: (a) 64 int64 token sequences, lengths uniformly random in 8..512, pad 0 (the
 performance goal: compiled at least 3x numpy and 3x the twin); (b) the same with pad
@@ -41,7 +41,7 @@ if importlib.util.find_spec("fastbatch") is None and os.path.isdir(_SRC):
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     import fastbatch
-    from fastbatch import _core, _core_py
+    from fastbatch.core import _core, _core_py
 
 GOAL = 3.0
 perf_ns = time.perf_counter_ns

@@ -2,7 +2,7 @@
 
 A *contender* is a way to get a batcher: fastbatch with the compiled core, fastbatch with
 the pure-Python twin, or the plain-stdlib batcher of ``stdlib_batcher.py``. The core is
-chosen by patching ``fastbatch._backend`` (as ``tests/processor/conftest.py`` does) for
+chosen by patching ``fastbatch.core._backend`` (as ``tests/processor/conftest.py`` does) for
 the lifetime of one processor, so all three contenders run in one process and one run.
 
 Every workload function takes a contender (plus sizes) and returns a flat dict of
@@ -37,7 +37,7 @@ with warnings.catch_warnings():
     # The selector warns when the compiled core is missing; the contender list says so.
     warnings.simplefilter("ignore", RuntimeWarning)
     import fastbatch
-    from fastbatch import _backend
+    from fastbatch.core import _backend
 
 try:  # works both as `benchmarks.workloads` and with benchmarks/ on sys.path
     from .stdlib_batcher import StdlibBatcher
@@ -149,7 +149,7 @@ def contenders(names: tuple[str, ...] = ("compiled", "python", "stdlib")) -> lis
         if name == "stdlib":
             out.append(Contender("stdlib", None))
             continue
-        module = {"compiled": "fastbatch._core", "python": "fastbatch._core_py"}[name]
+        module = {"compiled": "fastbatch.core._core", "python": "fastbatch.core._core_py"}[name]
         try:
             out.append(Contender(name, importlib.import_module(module)))
         except ImportError as exc:

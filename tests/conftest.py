@@ -1,8 +1,8 @@
 """Shared fixtures.
 
 Every core test runs against both implementations of the core through the ``core``
-fixture (as propcache's tests do): ``fastbatch._core`` (compiled) and
-``fastbatch._core_py`` (pure Python). A compiled core that cannot be imported fails the
+fixture (as propcache's tests do): ``fastbatch.core._core`` (compiled) and
+``fastbatch.core._core_py`` (pure Python). A compiled core that cannot be imported fails the
 run, unless ``FASTBATCH_NO_EXTENSIONS`` is set, in which case its tests are skipped.
 """
 
@@ -26,7 +26,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", RuntimeWarning)
     importlib.import_module("fastbatch")
 
-CORE_MODULES = {"compiled": "fastbatch._core", "python": "fastbatch._core_py"}
+CORE_MODULES = {"compiled": "fastbatch.core._core", "python": "fastbatch.core._core_py"}
 
 
 def _no_extensions() -> bool:
@@ -52,7 +52,7 @@ def load_core(kind: str) -> ModuleType:
 
 @pytest.fixture(params=list(CORE_MODULES))
 def core(request: pytest.FixtureRequest) -> ModuleType:
-    """The core module under test: ``fastbatch._core`` or ``fastbatch._core_py``."""
+    """The core module under test: ``fastbatch.core._core`` or ``fastbatch.core._core_py``."""
     return load_core(request.param)
 
 

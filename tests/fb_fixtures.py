@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import fastbatch
-from fastbatch import _backend
+from fastbatch.core import _backend
 
 EXTENDED = os.environ.get("FASTBATCH_EXTENDED", "") not in ("", "0")
 
@@ -35,7 +35,7 @@ def stress_rounds(fast: int, extended: int) -> pytest.MarkDecorator:
 
 
 def use_core(core: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """Patch ``core`` (``fastbatch._core`` or ``_core_py``) into the backend for one test."""
+    """Patch ``core`` (``fastbatch.core._core`` or ``_core_py``) into the backend for one test."""
     for name in ("RequestQueue", "BatchAssembler", "StatsWindow", "Histogram", "monotonic_ns"):
         monkeypatch.setattr(_backend, name, getattr(core, name))
     monkeypatch.setattr(_backend, "NAME", core_name(core))

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import fastbatch
-from fastbatch import _cli
-from fastbatch._progress import ProgressBar, wanted
+from fastbatch.cli import _cli
+from fastbatch.cli._progress import ProgressBar, wanted
 
 CHECKOUT = Path(__file__).resolve().parents[1]
 HAS_BENCHMARKS = (CHECKOUT / "benchmarks" / "bench.py").is_file()
@@ -220,7 +220,7 @@ def test_find_bench_from_the_current_directory_or_the_package(tmp_path):
 @pytest.mark.skipif(not HAS_BENCHMARKS, reason="needs the source checkout's benchmarks/")
 def test_bench_plot_without_matplotlib_names_the_extra(tmp_path):
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from fastbatch._cli import main\n"
+            "from fastbatch.cli._cli import main\n"
             f"sys.exit(main(['bench', '--quick', '--only', '1', '--plot', {str(tmp_path / 'x.png')!r}]))\n")
     out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=50,
                          cwd=CHECKOUT, env=_env())

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from fastbatch import BatchFuture
-from fastbatch._counters import Counters
+from fastbatch.observe._counters import Counters
 from fastbatch._future import fail_futures, resolve_batch, start_batch
 
 

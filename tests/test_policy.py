@@ -7,7 +7,7 @@ import heapq
 import numpy as np
 import pytest
 
-from fastbatch._policy import MIN_COST_S, Arrivals, CostModel, WaitPolicy
+from fastbatch.runtime._policy import MIN_COST_S, Arrivals, CostModel, WaitPolicy
 
 MS = 1_000_000  # ns
 

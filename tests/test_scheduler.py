@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fastbatch import BatchProcessorConfig
-from fastbatch._scheduler import Limits, Plan, Scheduler
+from fastbatch.runtime._scheduler import Limits, Plan, Scheduler
 
 MS = 1_000_000  # ns
 
@@ -132,7 +132,7 @@ def test_a_slow_model_waits_for_the_closed_loop_to_come_back(core):
     # A fixed cost of 20 ms per batch and callers that come back 2 ms after their results:
     # with 2 of 8 waiting, the plan holds the batch until the others are expected, and the
     # queue's take rule fills it until then.
-    from fastbatch import _backend
+    from fastbatch.core import _backend
 
     s = scheduler(_backend.monotonic_ns, max_batch_size=8, initial_batch_size=8, batch_timeout=0.050)
     real = _backend.monotonic_ns

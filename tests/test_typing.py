@@ -32,8 +32,8 @@ def test_mypy_strict_on_the_package(tmp_path):
 
 
 def test_stubs_match_the_compiled_core(tmp_path):
-    pytest.importorskip("fastbatch._core")
-    out = _run("mypy.stubtest", "fastbatch._core", cwd=tmp_path)
+    pytest.importorskip("fastbatch.core._core")
+    out = _run("mypy.stubtest", "fastbatch.core._core", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -23,11 +23,11 @@ from ._errors import (
     TooManyLanesError,
 )
 from ._future import BatchFuture
-from ._health import HealthSnapshot
-from ._histograms import HistogramSnapshot
-from ._padded import PaddedBatch
 from ._processor import BatchProcessor
-from ._stats import BatchStats
+from .items._padded import PaddedBatch
+from .observe._histograms import HistogramSnapshot
+from .observe._stats import BatchStats
+from .runtime._health import HealthSnapshot
 
 __version__ = "0.1.0"
 

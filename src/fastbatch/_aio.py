@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ._config import BatchPriority
 from ._errors import OverloadedError, QueueFullError, TooManyLanesError
 from ._future import BatchFuture
-from ._intake import DEFAULT_PRIORITY, check_timeout
+from .items._intake import DEFAULT_PRIORITY, check_timeout
 
 if TYPE_CHECKING:
     from ._processor import BatchProcessor

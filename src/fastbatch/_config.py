@@ -11,7 +11,7 @@ import enum
 import math
 from typing import Any
 
-from ._histograms import check_buckets, default_size_buckets
+from .observe._histograms import check_buckets, default_size_buckets
 
 
 class BatchPriority(enum.IntEnum):

@@ -16,11 +16,11 @@ import weakref
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar, overload
 
-from ._batch_call import is_coroutine_function
 from ._config import BatchPriority, BatchProcessorConfig
 from ._errors import ProcessorStoppedError
 from ._future import BatchFuture
 from ._processor import BatchProcessor
+from .runtime._batch_call import is_coroutine_function
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -20,16 +20,16 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from . import _backend
-from ._scheduler import Scheduler
 from ._config import BatchPriority, BatchProcessorConfig
-from ._counters import Counters
 from ._errors import QueueClosedError, QueueFullError
 from ._future import BatchFuture
-from ._health import HealthMonitor, HealthSnapshot
-from ._intake import DEFAULT_PRIORITY, Intake, check_timeout
-from ._run import RUNNING, STOPPED, STOPPING, Run
-from ._stats import BatchStats
+from .core import _backend
+from .items._intake import DEFAULT_PRIORITY, Intake, check_timeout
+from .observe._counters import Counters
+from .observe._stats import BatchStats
+from .runtime._health import HealthMonitor, HealthSnapshot
+from .runtime._run import RUNNING, STOPPED, STOPPING, Run
+from .runtime._scheduler import Scheduler
 
 logger = logging.getLogger("fastbatch")
 

@@ -11,6 +11,6 @@ Example::
     start_http_server(9100)
 """
 
-from ._metrics import PrometheusCollector, register
+from .observe._metrics import PrometheusCollector, register
 
 __all__ = ["PrometheusCollector", "register"]

@@ -1,4 +1,4 @@
-"""The selector ``fastbatch._backend`` and the API parity of the two cores.
+"""The selector ``fastbatch.core._backend`` and the API parity of the two cores.
 
 The selector acts at import time, so each case runs in a fresh interpreter.
 """
@@ -20,10 +20,10 @@ SRC = str(Path(fastbatch.__file__).resolve().parent.parent)
 PROBE = """
 import json, sys, warnings
 if {block}:
-    sys.modules["fastbatch._core"] = None  # makes the import fail, as a missing build does
+    sys.modules["fastbatch.core._core"] = None  # makes the import fail, as a missing build does
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    from fastbatch import _backend
+    from fastbatch.core import _backend
 print(json.dumps({{
     "name": _backend.NAME,
     "modules": sorted({{getattr(_backend, n).__module__ for n in
@@ -59,7 +59,7 @@ def _fastbatch_warnings(result: dict) -> list:
 def test_env_var_forces_the_pure_python_core(value):
     result = select(value, block_compiled=False)
     assert result["name"] == "python"
-    assert result["modules"] == ["fastbatch._core_py"]
+    assert result["modules"] == ["fastbatch.core._core_py"]
     assert result["clock_works"]
     assert _fastbatch_warnings(result) == [], "a deliberate choice must not warn"
 
@@ -68,7 +68,7 @@ def test_env_var_forces_the_pure_python_core(value):
 def test_missing_compiled_core_falls_back_with_a_runtime_warning(value):
     result = select(value, block_compiled=True)
     assert result["name"] == "python"
-    assert result["modules"] == ["fastbatch._core_py"]
+    assert result["modules"] == ["fastbatch.core._core_py"]
     assert [w[0] for w in _fastbatch_warnings(result)] == ["RuntimeWarning"]
     assert "pure-Python" in _fastbatch_warnings(result)[0][1]
 
@@ -77,7 +77,7 @@ def test_missing_compiled_core_falls_back_with_a_runtime_warning(value):
 def test_compiled_core_is_used_when_available(compiled_core, value):
     result = select(value, block_compiled=False)
     assert result["name"] == "compiled"
-    assert result["modules"] == ["fastbatch._core"]
+    assert result["modules"] == ["fastbatch.core._core"]
     assert _fastbatch_warnings(result) == []
 
 

@@ -35,8 +35,8 @@ from hypothesis.stateful import (
 from fb_fixtures import EXTENDED
 
 compiled = pytest.importorskip(
-    "fastbatch._core", reason="the compiled core is not built: nothing to compare the twin with")
-twin = importlib.import_module("fastbatch._core_py")
+    "fastbatch.core._core", reason="the compiled core is not built: nothing to compare the twin with")
+twin = importlib.import_module("fastbatch.core._core_py")
 CORES = (compiled, twin)
 
 SETTINGS = settings(

@@ -70,7 +70,7 @@ ops_st = st.lists(st.one_of(
           suppress_health_check=[HealthCheck.too_slow])
 @given(bounds=bounds_st, ops=ops_st)
 def test_both_cores_count_alike(bounds, ops):
-    from fastbatch import _core, _core_py
+    from fastbatch.core import _core, _core_py
 
     hs = [_core.Histogram(bounds), _core_py.Histogram(bounds)]
     assert hs[0].bounds == hs[1].bounds

@@ -2,7 +2,7 @@
 
 Every test runs against both cores (the ``core`` fixture), except the property test
 that compares the two and the GIL test of the compiled core; the contract is
-``src/fastbatch/_core.pyi``.
+``src/fastbatch/core/_core.pyi``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from fastbatch import _messages as msg
+from fastbatch.core import _messages as msg
 from fastbatch._errors import BatchDtypeError, BatchShapeError
 
 PACKED = np.dtype([("id", "<i2"), ("score", "<f4")])  # 6 bytes, no padding bytes inside

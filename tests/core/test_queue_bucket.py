@@ -1,7 +1,7 @@
 """RequestQueue.take_batch(bucket=True): a batch of the requests closest in size to its first.
 
 Every test runs against both cores (the ``core`` fixture); the contract is
-``src/fastbatch/_core.pyi``. Sizes stand for sequence lengths: ``nbytes`` grows with them.
+``src/fastbatch/core/_core.pyi``. Sizes stand for sequence lengths: ``nbytes`` grows with them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """RequestQueue lanes: a batch holds one lane, order across lanes, tags and recycling.
 
 Every test runs against both cores (the ``core`` fixture); the contract is
-``src/fastbatch/_core.pyi``.
+``src/fastbatch/core/_core.pyi``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """RequestQueue.take_batch: waiting, pause, budgets, linger, timestamps.
 
 Every test runs against both cores (the ``core`` fixture); the contract is
-``src/fastbatch/_core.pyi``. Helpers shared by the ``test_queue_*`` modules are in
+``src/fastbatch/core/_core.pyi``. Helpers shared by the ``test_queue_*`` modules are in
 ``fb_queue.py``.
 """
 

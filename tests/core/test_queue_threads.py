@@ -1,7 +1,7 @@
 """RequestQueue under threads (GIL release, many producers) and against a model.
 
 Every test runs against both cores (the ``core`` fixture); the contract is
-``src/fastbatch/_core.pyi``. Helpers shared by the ``test_queue_*`` modules are in
+``src/fastbatch/core/_core.pyi``. Helpers shared by the ``test_queue_*`` modules are in
 ``fb_queue.py``.
 """
 

@@ -1,7 +1,7 @@
 """StatsWindow: ring semantics, percentiles against numpy, summaries, threads.
 
 Every test runs against both cores (the ``core`` fixture); the contract is
-``src/fastbatch/_core.pyi``.
+``src/fastbatch/core/_core.pyi``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import fastbatch
 import fastbatch.metrics
-from fastbatch import _metrics
+from fastbatch.observe import _metrics
 
 COUNTERS = {
     "fastbatch_items_submitted": "total_submitted",

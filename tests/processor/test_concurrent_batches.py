@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import fastbatch
-from fastbatch._scheduler import Scheduler
-from fastbatch._policy import Arrivals, WaitPolicy
+from fastbatch.runtime._scheduler import Scheduler
+from fastbatch.runtime._policy import Arrivals, WaitPolicy
 from fb_fixtures import poll
 
 
@@ -351,7 +351,7 @@ def test_a_coroutine_function_runs_batches_as_concurrent_tasks(make_processor):
 
 
 def test_a_worker_crash_fails_its_own_batch_and_the_others_go_on(make_processor, monkeypatch, caplog):
-    from fastbatch import _worker
+    from fastbatch.runtime import _worker
 
     crashed = threading.Event()
     original = _worker.Worker._run_batch
@@ -377,7 +377,7 @@ def test_a_worker_crash_fails_its_own_batch_and_the_others_go_on(make_processor,
 
 
 def test_when_every_worker_has_crashed_the_run_ends_and_nothing_is_left_pending(make_processor, monkeypatch):
-    from fastbatch import _worker
+    from fastbatch.runtime import _worker
 
     gate = threading.Barrier(2)
 
@@ -540,7 +540,7 @@ def test_a_worker_thread_that_cannot_start_fails_start_and_leaves_nothing_runnin
 
 
 def test_a_worker_failing_between_take_and_start_fails_those_items(make_processor, monkeypatch):
-    from fastbatch import _worker
+    from fastbatch.runtime import _worker
 
     real = _worker.Batch
     failed = threading.Event()

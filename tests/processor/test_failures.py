@@ -54,7 +54,7 @@ def test_retry_delay_is_honoured(make_processor):
     times = []
 
     def func(batch):
-        times.append(fastbatch._backend.monotonic_ns())
+        times.append(fastbatch.core._backend.monotonic_ns())
         raise KeyError("no")
 
     processor = make_processor(func, max_retries=2, retry_delay=0.05)
@@ -426,13 +426,13 @@ def test_deadline_expires_queued_items_promptly(make_processor, gate):
     processor = make_processor(gate, max_batch_size=1, initial_batch_size=1, batch_timeout=0.0)
     blocker = processor.enqueue_predict(np.array([0.0]))
     assert gate.entered.wait(5)  # the worker is held for as long as the test likes
-    t0 = fastbatch._backend.monotonic_ns()
+    t0 = fastbatch.core._backend.monotonic_ns()
     late = processor.enqueue_predict(np.array([1.0]), deadline=0.05)
     kept = processor.enqueue_predict(np.array([2.0]), deadline=30)
     with pytest.raises(fastbatch.ItemExpiredError, match="deadline of 0.05s") as info:
         late.result(timeout=5)  # fails while the worker is still held: promptly
     assert isinstance(info.value, TimeoutError) and isinstance(info.value, fastbatch.ItemTimeoutError)
-    assert (fastbatch._backend.monotonic_ns() - t0) / 1e9 < 2
+    assert (fastbatch.core._backend.monotonic_ns() - t0) / 1e9 < 2
     stats = processor.get_stats()
     assert stats["total_expired"] == 1 and stats["queue_size"] == 1  # only `kept` is waiting
     gate.release.set()

@@ -9,8 +9,8 @@ import pytest
 
 import fastbatch
 from fastbatch import BatchProcessorConfig
-from fastbatch import _backend
-from fastbatch._histograms import ArrivalMeter, default_size_buckets
+from fastbatch.core import _backend
+from fastbatch.observe._histograms import ArrivalMeter, default_size_buckets
 
 
 def test_histogram_buckets_are_cumulative_and_le_inclusive():

@@ -181,10 +181,10 @@ def test_batch_released_by_size_before_timeout(make_processor, gate):
 def test_deadline_counts_from_first_item(make_processor, gate):
     """A lone item waits batch_timeout from its own arrival, then goes alone."""
     processor = make_processor(gate, max_batch_size=100, batch_timeout=0.2, processing_strategy="fixed")
-    t0 = fastbatch._backend.monotonic_ns()
+    t0 = fastbatch.core._backend.monotonic_ns()
     future = processor.enqueue_predict(np.array([1.0]))
     future.result(timeout=10)
-    waited = (fastbatch._backend.monotonic_ns() - t0) / 1e9
+    waited = (fastbatch.core._backend.monotonic_ns() - t0) / 1e9
     assert 0.19 <= waited < 5
     assert [len(b) for b in gate.batches] == [1]
 
@@ -219,7 +219,7 @@ def test_byte_budget_limits_batches(make_processor, gate):
 
 def test_min_batch_interval_spaces_batches(make_processor):
     starts = []
-    processor = make_processor(lambda b: starts.append(fastbatch._backend.monotonic_ns()) or b,
+    processor = make_processor(lambda b: starts.append(fastbatch.core._backend.monotonic_ns()) or b,
                                max_batch_size=1, initial_batch_size=1, batch_timeout=0.0,
                                min_batch_interval=0.05, processing_strategy="fixed")
     futures = [processor.enqueue_predict(np.array([1.0])) for _ in range(4)]

@@ -230,7 +230,7 @@ def test_a_result_that_aliases_the_batch_never_changes(make_processor):
 
 
 def test_lanes_describe_their_fields():
-    from fastbatch._lanes import FIELDS, PADDED_FIELDS, Lane
+    from fastbatch.items._lanes import FIELDS, PADDED_FIELDS, Lane
 
     fields = (("ids", np.dtype(np.int64), ()), ("pixels", np.dtype(np.float32), (3, 4)))
     assert Lane((), PADDED_FIELDS, fields=fields, container="dict", key="m").describe() == \

@@ -12,7 +12,7 @@ import pytest
 
 import fastbatch
 from fastbatch import BatchProcessingStrategy, BatchProcessorConfig
-from fastbatch._scheduler import Scheduler
+from fastbatch.runtime._scheduler import Scheduler
 
 SEED_KEYS = {
     "avg_processing_time_ms", "p95_processing_time_ms", "avg_batch_size", "max_batch_size",
@@ -234,8 +234,8 @@ def test_health_reports_stuck_batch(make_processor, gate):
 
 
 def test_health_reports_every_stuck_batch_with_the_longest_running_time():
-    from fastbatch import _backend
-    from fastbatch._health import HealthMonitor
+    from fastbatch.core import _backend
+    from fastbatch.runtime._health import HealthMonitor
 
     config = BatchProcessorConfig(stuck_batch_timeout=5.0, enable_health_monitoring=False)
     now = _backend.monotonic_ns()

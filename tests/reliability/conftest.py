@@ -1,7 +1,7 @@
 """Fixtures of the reliability suite; every test runs once per core.
 
 As in ``tests/processor``, the autouse ``backend`` fixture patches the ``core`` under test
-(compiled or pure Python) into ``fastbatch._backend``; tests that run a child interpreter
+(compiled or pure Python) into ``fastbatch.core._backend``; tests that run a child interpreter
 pass the same choice on through ``FASTBATCH_NO_EXTENSIONS`` (the ``core_name`` fixture).
 
 Tiers: the fast tier is what ``python -m pytest`` runs; ``FASTBATCH_EXTENDED=1`` makes the

@@ -68,7 +68,7 @@ build() {  # build <dir> <sanitizer flag>
             && "$python" - "$dir"/wheel/fastbatch-*.whl "$dir/src" >>"$log" 2>&1 <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as wheel:
-    cores = [n for n in wheel.namelist() if n.startswith("fastbatch/_core") and n.endswith(".so")]
+    cores = [n for n in wheel.namelist() if n.startswith("fastbatch/core/_core") and n.endswith(".so")]
     assert len(cores) == 1, cores
     wheel.extract(cores[0], sys.argv[2])
 PY
@@ -76,7 +76,7 @@ PY
     fi
     local symbol=__asan_
     [[ $flag == thread ]] && symbol=__tsan_
-    if [[ $(nm -D "$dir"/src/fastbatch/_core*.so | grep -c "$symbol") == 0 ]]; then
+    if [[ $(nm -D "$dir"/src/fastbatch/core/_core*.so | grep -c "$symbol") == 0 ]]; then
         echo "the extension in $dir was not instrumented" >&2
         return 1
     fi
@@ -87,7 +87,7 @@ run_tests() {  # run_tests <dir> <log> <env...>
     shift 2
     echo "== running ${tests[*]} against $dir"
     (cd "$dir" && env "$@" PYTHONPATH="$dir/src" "${launcher[@]}" "$python" -c \
-        'import fastbatch._core as c, fastbatch._backend as b; print("   core:", b.NAME, c.__file__)')
+        'import fastbatch.core._core as c, fastbatch.core._backend as b; print("   core:", b.NAME, c.__file__)')
     set +e
     (cd "$dir" && env "$@" PYTHONPATH="$dir/src" FASTBATCH_NO_EXTENSIONS= \
         "${launcher[@]}" "$python" -m pytest "${tests[@]}" -q -p no:cacheprovider -o timeout=1800 \

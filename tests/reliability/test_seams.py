@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import fastbatch
-from fastbatch._run import STOP_GRACE_S
+from fastbatch.runtime._run import STOP_GRACE_S
 
 from fb_reliability import Ledger, join_threads, poll, processor_threads
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from . import _backend, _split, _tensors
-from ._config import BatchPriority, BatchProcessorConfig
-from ._counters import Counters
-from ._errors import (BatchDtypeError, LaneChangedError, OverloadedError, ProcessorStoppedError, QueueClosedError,
+from . import _split, _tensors
+from .._config import BatchPriority, BatchProcessorConfig
+from .._errors import (BatchDtypeError, LaneChangedError, OverloadedError, ProcessorStoppedError, QueueClosedError,
                       QueueFullError)
+from ..core import _backend
+from ..observe._counters import Counters
 from ._lanes import ARRAY, FIELDS, GENERIC, PADDED, PADDED_FIELDS, TENSOR, Lane, LaneTable
 from ._padding import pad_element
 

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _messages as msg
-from ._errors import LaneChangedError, QueueClosedError, QueueFullError
+from .._errors import LaneChangedError, QueueClosedError, QueueFullError
 from ._twin_args import as_int64, as_seconds, as_timeout
 
 __all__ = ["RequestQueue", "monotonic_ns"]

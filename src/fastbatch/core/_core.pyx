@@ -36,13 +36,13 @@ from libc.string cimport memcpy, memmove
 
 cimport numpy as cnp
 
-from fastbatch._numeric cimport Summary, grow, summarize
+from fastbatch.core._numeric cimport Summary, grow, summarize
 
 import threading
 
 import numpy as np
 
-from fastbatch import _messages as msg
+from fastbatch.core import _messages as msg
 from fastbatch._errors import (
     BatchDtypeError,
     BatchShapeError,
@@ -1537,7 +1537,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.math cimport isfinite
 from libc.string cimport memset
 
-from fastbatch._padding import pad_element
+from fastbatch.items._padding import pad_element
 
 cdef struct PaddedItem:
     const char* data

@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("the fastbatch Prometheus exporter needs prometheus_client: "
                       "pip install 'fastbatch[prometheus]'") from exc
 
-from ._processor import BatchProcessor
+from .._processor import BatchProcessor
 from ._stats import WINDOW_KEYS
 
 __all__ = ["PrometheusCollector", "register"]

@@ -15,8 +15,9 @@ from __future__ import annotations
 import abc
 from typing import Any
 
-from . import _backend, _padded, _tensors
-from ._batch import Batch
+from . import _padded, _tensors
+from ..core import _backend
+from ..runtime._batch import Batch
 from ._lanes import ARRAY, FIELDS, GENERIC, PADDED, PADDED_FIELDS, TENSOR
 from ._results import check_result, check_sequence, split_result
 

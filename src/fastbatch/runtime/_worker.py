@@ -21,18 +21,18 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import _backend
-from ._batch import Batch
-from ._config import BatchProcessorConfig
-from ._crew import Crew
-from ._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
+from .._config import BatchProcessorConfig
+from .._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
                       ResultMismatchError)
-from ._future import add_note, fail_futures, forget_notes, resolve_batch, start_batch
-from ._kinds import Buffers, Kind, kind_of
-from ._lanes import Lane
-from ._results import kept
+from .._future import add_note, fail_futures, forget_notes, resolve_batch, start_batch
+from ..core import _backend
+from ..items._kinds import Buffers, Kind, kind_of
+from ..items._lanes import Lane
+from ..items._results import kept
+from ..observe._stats import BatchStats
+from ._batch import Batch
+from ._crew import Crew
 from ._scheduler import Scheduler
-from ._stats import BatchStats
 from ._threads import ItemPool
 
 logger = logging.getLogger("fastbatch")

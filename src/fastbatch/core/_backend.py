@@ -61,7 +61,7 @@ else:
         )
     except ImportError as exc:
         warnings.warn(
-            f"the compiled core fastbatch._core is missing ({exc}); using the pure-Python "
+            f"the compiled core fastbatch.core._core is missing ({exc}); using the pure-Python "
             "core, which is slower. Build the extension, or set FASTBATCH_NO_EXTENSIONS=1 "
             "to choose the pure-Python core deliberately.",
             RuntimeWarning,

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ResultMismatchError
+from .._errors import ResultMismatchError
 
 _ndarray = np.ndarray
 # A base array referred to by its child view only, read inside _shared's loop: the child,

@@ -20,7 +20,7 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._errors import ProcessorStoppedError
+from .._errors import ProcessorStoppedError
 
 logger = logging.getLogger("fastbatch")
 

@@ -12,8 +12,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from . import _backend
-from ._errors import ResultMismatchError
+from .._errors import ResultMismatchError
+from ..core import _backend
 from ._results import check_rows
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import _results
-from ._errors import BatchDtypeError, BatchShapeError, ResultMismatchError
+from .._errors import BatchDtypeError, BatchShapeError, ResultMismatchError
 
 
 def tensor_type() -> Any:

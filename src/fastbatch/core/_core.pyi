@@ -1,7 +1,7 @@
 """Type stubs and the behavioural contract of the core.
 
-``fastbatch._core`` (compiled, Cython) and ``fastbatch._core_py`` (pure Python) both
-implement exactly what is written here; ``fastbatch._backend`` picks one. The tests in
+``fastbatch.core._core`` (compiled, Cython) and ``fastbatch.core._core_py`` (pure Python) both
+implement exactly what is written here; ``fastbatch.core._backend`` picks one. The tests in
 ``tests/core`` run every case against both.
 """
 

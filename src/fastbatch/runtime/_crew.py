@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import _backend
+from ..core import _backend
 
 # How often a worker waiting for its turn to form a batch looks at the stop and at its
 # retirement (the worker forming may wait for items for as long as batch_timeout).

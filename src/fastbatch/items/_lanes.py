@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import TooManyLanesError
+from .._errors import TooManyLanesError
 
 #: The kinds of lane, each batched its own way by the worker.
 ARRAY, PADDED, TENSOR, GENERIC = "array", "padded", "tensor", "generic"

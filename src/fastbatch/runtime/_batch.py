@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy.typing as npt
 
-from ._lanes import Lane
+from ..items._lanes import Lane
 
 
 class Batch:

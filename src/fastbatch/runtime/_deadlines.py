@@ -21,9 +21,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from . import _backend
-from ._errors import ItemExpiredError
-from ._future import expire_pending
+from .._errors import ItemExpiredError
+from .._future import expire_pending
+from ..core import _backend
 
 # Compaction is considered every this many additions (amortised O(1) per item).
 _PRUNE_EVERY = 1024

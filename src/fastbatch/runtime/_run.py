@@ -30,17 +30,17 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from . import _backend
-from ._scheduler import Scheduler
+from .._config import BatchProcessorConfig
+from .._errors import ProcessorStoppedError
+from .._future import BatchFuture, fail_futures
+from ..core import _backend
+from ..observe._counters import Counters
+from ..observe._stats import BatchStats
 from ._batch_call import BatchCall
-from ._config import BatchProcessorConfig
-from ._counters import Counters
 from ._crew import Crew
 from ._deadlines import DeadlineReaper
-from ._errors import ProcessorStoppedError
-from ._future import BatchFuture, fail_futures
 from ._health import HealthMonitor
-from ._stats import BatchStats
+from ._scheduler import Scheduler
 from ._threads import CallbackRunner
 from ._worker import Worker
 

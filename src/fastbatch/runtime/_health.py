@@ -25,9 +25,9 @@ from collections.abc import Callable
 
 import psutil
 
-from . import _backend
+from .._config import BatchProcessingStrategy, BatchProcessorConfig
+from ..core import _backend
 from ._scheduler import Scheduler
-from ._config import BatchProcessingStrategy, BatchProcessorConfig
 
 logger = logging.getLogger("fastbatch")
 

@@ -40,8 +40,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from . import _backend
-from ._config import BatchProcessingStrategy, BatchProcessorConfig
+from .._config import BatchProcessingStrategy, BatchProcessorConfig
+from ..core import _backend
 from ._policy import WaitPolicy
 
 logger = logging.getLogger("fastbatch")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _messages as msg
+from ..core import _messages as msg
 
 __all__ = ["pad_element"]
 

@@ -1,9 +1,9 @@
-"""Pure-Python twin of :mod:`fastbatch._core`: the same classes, behaviour and messages.
+"""Pure-Python twin of :mod:`fastbatch.core._core`: the same classes, behaviour and messages.
 
 The contract is written in ``_core.pyi``. The twin is the readable reference, the oracle
 the compiled core is tested against (``tests/core/test_differential.py`` drives both with
 the same random operations and compares every result and error), and the fallback when
-the extension is missing (``fastbatch._backend`` picks one of the two). Its parts live
+the extension is missing (``fastbatch.core._backend`` picks one of the two). Its parts live
 in one module each:
 
 * ``_twin_queue``: ``RequestQueue`` and ``monotonic_ns``;
@@ -29,7 +29,7 @@ __all__ = [
     "monotonic_ns",
 ]
 
-# This module is the classes' public home, as fastbatch._core is the compiled ones':
+# This module is the classes' public home, as fastbatch.core._core is the compiled ones':
 # the backend, reprs, pickling errors and tools that check a class's __module__ against
 # the core in use (the benchmarks do) all name the core, not the file a class is in.
 for _cls in (BatchAssembler, Histogram, RequestQueue, StatsWindow):

@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _messages as msg
-from ._errors import BatchDtypeError, BatchShapeError, ResultMismatchError
-from ._padding import pad_element
+from .._errors import BatchDtypeError, BatchShapeError, ResultMismatchError
+from ..items._padding import pad_element
 
 __all__ = ["BatchAssembler", "assemble_padded"]
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _backend
+from ..core import _backend
 from ._counters import Counters
 from ._histograms import DEFAULT_TIME_BUCKETS, ArrivalMeter, HistogramSnapshot, default_size_buckets
 

@@ -19,9 +19,9 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from . import _backend
-from ._config import BatchProcessorConfig
-from ._processor import BatchProcessor
+from .._config import BatchProcessorConfig
+from .._processor import BatchProcessor
+from ..core import _backend
 from ._progress import ProgressBar, wanted
 
 _IN_FLIGHT = 64

@@ -7,7 +7,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from . import __version__, _backend
+from .. import __version__
+from ..core import _backend
 
 #: Where this package lives; in a source checkout, ``<checkout>/src/fastbatch``.
 _PACKAGE_DIR = Path(__file__).resolve().parent

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import _tensors
-from ._errors import ResultMismatchError
+from .._errors import ResultMismatchError
 from ._lanes import ARRAY, FIELDS, TENSOR
 
 #: The kinds of lane whose items may hold more than one sample.

@@ -1,0 +1,2 @@
+"""The command line: the demo, the benchmarks launcher and progress output.
+"""

@@ -1,0 +1,3 @@
+"""What is counted and reported: totals, statistics windows, histograms and the Prometheus
+exporter.
+"""
