@@ -16,7 +16,10 @@ if importlib.util.find_spec("fastbatch") is None and os.path.isdir(_SRC):
     sys.path.insert(0, _SRC)  # the working tree, as `PYTHONPATH=src` gives it
 
 import fastbatch  # noqa: E402
-from fastbatch import _backend  # noqa: E402
+try:
+    from fastbatch.core import _backend  # noqa: E402
+except ImportError:  # a version from before the core had its folder (benchmarks/versions.py)
+    from fastbatch import _backend  # type: ignore[attr-defined,no-redef]  # noqa: E402
 
 if _backend.NAME != "compiled":
     raise SystemExit(f"fastbatch imported from {os.path.dirname(fastbatch.__file__)} has no compiled core: "

@@ -54,7 +54,10 @@ from typing import Any
 import numpy as np
 
 from compiled_fastbatch import fastbatch  # noqa: E402 - the installed package, compiled
-from fastbatch import _backend  # noqa: E402
+try:
+    from fastbatch.core import _backend  # noqa: E402
+except ImportError:  # a version from before the core had its folder (benchmarks/versions.py)
+    from fastbatch import _backend  # type: ignore[attr-defined,no-redef]  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONTENDERS = ("offline", "per_request", "fastbatch_strings", "fastbatch_padded",
