@@ -59,7 +59,7 @@ def child(workload: str, n: int) -> None:
     _, _, batch, shape = WORKLOADS[workload]
     rows = list(np.ones((n, *shape), dtype=np.float32))
     config = fastbatch.BatchProcessorConfig(
-        max_batch_size=batch, initial_batch_size=batch, batch_timeout=0.0, max_queue_size=0,
+        max_batch_size=batch, initial_batch_size=batch, min_batch_size=1, batch_timeout=0.0, max_queue_size=0,
         enable_adaptive_batching=False, enable_health_monitoring=False)
     processor = fastbatch.BatchProcessor(config)
     seen = [0]

@@ -568,3 +568,21 @@ def test_changing_only_the_concurrency_keeps_what_the_policy_learnt(make_process
     assert policy.arrivals is arrivals
     processor.reconfigure(batch_timeout=processor.config.batch_timeout * 2)
     assert policy.arrivals is not arrivals  # measured against the old timeout: starts again
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_items_without_futures_of_a_crashed_worker_are_counted_failed(make_processor, monkeypatch, k):
+    from fastbatch.runtime import _worker
+
+    def crash(self, batch):
+        raise RuntimeError("a bug in the worker")
+
+    monkeypatch.setattr(_worker.Worker, "_run_batch", crash)
+    processor = make_processor(lambda b: b, max_batch_size=4, max_concurrent_batches=k, batch_timeout=0.0)
+    processor.pause()
+    for r in rows(0, 8):
+        processor.enqueue(r)
+    processor.resume()
+    assert poll(lambda: not processor.is_running)
+    stats = processor.get_stats()
+    assert (stats["total_failed"], stats["items_in_flight"], stats["total_processed"]) == (8, 0, 0), stats

@@ -19,7 +19,7 @@ from ..items._lanes import Lane
 class Batch:
     """The items of one lane taken together, and what running them found out."""
 
-    __slots__ = ("attempts", "calls", "clean", "enqueue_ns", "futures", "items", "lane", "pad_positions", "queue_length",
+    __slots__ = ("attempts", "calls", "clean", "counted", "enqueue_ns", "futures", "items", "lane", "pad_positions", "queue_length",
                  "real_positions", "samples", "start_ns", "worker", "_running")
 
     def __init__(self, lane: Lane, items: list[Any], futures: list[Any], enqueue_ns: npt.NDArray[Any],
@@ -42,6 +42,7 @@ class Batch:
         # batch costs.
         self.attempts = 0
         self.clean = False
+        self.counted = False  # its outcome is in the counters (set just before they are added)
         self._running = False
 
     @property

@@ -186,11 +186,30 @@ class Run:
             self.abort.set()
             inflight = crew.inflight()
         _, futures, _ = self.queue.drain()
-        failed = crew.workers[0].fail_leftovers(futures, message, taken=False)
+        failed = self.fail_leftovers(futures, message, taken=False)
         failed += fail_futures(inflight, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
                                counters=self.counters, taken=True)
         with self._lock:  # every stopper past its deadline adds what it failed
             self.abandoned += failed
+
+    def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> int:
+        """Fail items of this run that will never run (thread-safe), counting each outcome once.
+
+        ``taken``: the items had been taken for a batch (counted in flight). Returns how
+        many items failed (a future cancelled or expired meanwhile is not one of them).
+        The one way leftovers fail: drained at a stop or by the last worker out, taken by
+        a worker that stops or fails before their batch runs.
+        """
+        without = futures.count(None)
+        if without:
+            self.counters.add(failed=without, in_flight=-without if taken else 0)
+        if without == len(futures):
+            return without
+        # Each future is counted as it changes, under its lock: failed, cancelled (by its
+        # caller, maybe a moment ago) or expired while queued.
+        return without + fail_futures(futures, ProcessorStoppedError(message),
+                                      run_callbacks=self.callbacks.submit, counters=self.counters,
+                                      taken=taken, leaving=True)
 
     def worker_exited(self) -> None:
         """Called on the last worker's thread as it ends: the run is over, whoever asked."""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._config import BatchProcessorConfig
-from .._errors import (BatchFunctionExit, ItemTimeoutError, ProcessorStoppedError, QueueClosedError,
+from .._errors import (BatchFunctionExit, ItemTimeoutError, QueueClosedError,
                       ResultMismatchError)
 from .._future import add_note, fail_futures, forget_notes, resolve_batch, start_batch
 from ..core import _backend
@@ -97,12 +97,13 @@ class Worker:
     def _exit(self) -> None:
         message = f"BatchProcessor {self.name!r} stopped before this item was processed"
         with self.handoff:  # a crash between taking a batch and settling it
-            inflight = self.inflight
-            self.current = None
-        if inflight:
-            fail_futures(inflight, ProcessorStoppedError(message), run_callbacks=self.callbacks.submit,
-                         counters=self.counters, taken=True)
-        del inflight
+            batch, self.current = self.current, None
+        if batch is not None:
+            # Items without a future are counted here unless the batch counted them already.
+            self.run.fail_leftovers(batch.futures if not batch.counted else
+                                    [f for f in batch.futures if f is not None], message, taken=True)
+            batch.release()
+        del batch
         if self._pool is not None:
             # A call stuck past item_timeout keeps its thread until it returns; we
             # cannot kill it, so then we do not wait for it either.
@@ -112,7 +113,7 @@ class Worker:
         # The last worker out: nothing more is accepted, nothing queued will run.
         self.queue.close()
         _, futures, _ = self.queue.drain()
-        self.fail_leftovers(futures, message)
+        self.run.fail_leftovers(futures, message)
         del futures
         self.run.worker_exited()
 
@@ -137,7 +138,7 @@ class Worker:
             try:
                 with self.handoff:
                     if self.abort.is_set():
-                        self.fail_leftovers(futures, stopped, taken=True)
+                        self.run.fail_leftovers(futures, stopped, taken=True)
                         return
                     keep = start_batch(futures, self.counters)
                     if keep is not None:
@@ -149,7 +150,7 @@ class Worker:
             except BaseException:
                 # Taken and not published (MemoryError ...): stop() cannot see these items.
                 if self.current is None:
-                    self.fail_leftovers(futures, stopped, taken=True)
+                    self.run.fail_leftovers(futures, stopped, taken=True)
                 raise
             del items, futures, enqueue_ns, lane
             if batch.items:
@@ -186,23 +187,6 @@ class Worker:
             return items, futures, enqueue_ns, lane, scheduler.started(enqueue_ns)
         return None
 
-    def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> int:
-        """Fail items that will never run (thread-safe), counting each outcome once.
-
-        ``taken``: the items had been taken for a batch (counted in flight). Returns how
-        many items failed (a future cancelled or expired meanwhile is not one of them).
-        """
-        without = futures.count(None)
-        if without:
-            self.counters.add(failed=without, in_flight=-without if taken else 0)
-        if without == len(futures):
-            return without
-        # Each future is counted as it changes, under its lock: failed, cancelled (by its
-        # caller, maybe a moment ago) or expired while queued.
-        return without + fail_futures(futures, ProcessorStoppedError(message),
-                                      run_callbacks=self.callbacks.submit, counters=self.counters,
-                                      taken=taken, leaving=True)
-
     def _run_batch(self, batch: Batch) -> list[BaseException]:
         """Run one batch (the items of one lane); returns the exceptions its items failed with."""
         # Items from enqueue() carry no future: such a batch needs no result split.
@@ -228,6 +212,7 @@ class Worker:
         without = futures.count(None)
         no_future_failed = sum(1 for i in errors if futures[i] is None) if errors else 0
         ran = len(errors) < len(items)
+        batch.counted = True  # its items without a future: a crash from here on must not count them again
         self.counters.add(batches=calls, samples=samples if ran else 0,
                           pad_positions=batch.pad_positions if ran else 0,
                           real_positions=batch.real_positions if ran else 0,
