@@ -26,9 +26,12 @@ SCRIPT = ROOT / "benchmarks" / "instructions.py"
                                          "under callgrind, a few minutes")
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="valgrind is not installed")
 @pytest.mark.skipif(not SCRIPT.is_file(), reason="needs the source checkout's benchmarks/")
+@pytest.mark.timeout(1800)  # about a minute on two cores; callgrind is ~50x slower than the CPU
 def test_the_hot_path_stays_within_its_instruction_budget(compiled_core):
-    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=1800,
+    done = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=1500,
                           cwd=ROOT)
     report = done.stdout + done.stderr[-3000:]
+    if done.returncode == 3:
+        pytest.skip(report.strip())  # the budget is from another Python or numpy
     assert done.returncode == 0, report
     print(report)

@@ -367,6 +367,8 @@ class BatchProcessor(Generic[T, R]):
             config_min_batch_size=config.min_batch_size,
             config_batch_timeout_ms=config.batch_timeout * 1e3,
             config_target_latency_ms=config.target_latency_ms,
+            config_max_concurrent_batches=config.max_concurrent_batches,
+            live_workers=run.crew.live if live and run is not None else 0,
             core=_backend.NAME,
         )
         return stats

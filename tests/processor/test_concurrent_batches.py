@@ -374,6 +374,7 @@ def test_a_worker_crash_fails_its_own_batch_and_the_others_go_on(make_processor,
     assert processor.is_running
     stats = processor.get_stats()
     assert stats["items_in_flight"] == 0 and stats["total_processed"] == 10 and stats["total_failed"] == 1
+    assert (stats["live_workers"], stats["config_max_concurrent_batches"]) == (1, 2)
 
 
 def test_when_every_worker_has_crashed_the_run_ends_and_nothing_is_left_pending(make_processor, monkeypatch):

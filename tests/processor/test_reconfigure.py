@@ -131,9 +131,13 @@ def test_get_stats_reports_the_limits_in_force(make_processor):
     assert stats["config_batch_timeout_ms"] == pytest.approx(20.0)
     assert stats["config_target_latency_ms"] == 50.0
     assert stats["max_batch_size"] == 1  # the largest batch seen, as the classic statistics have it
-    processor.reconfigure(max_batch_size=4, batch_timeout=0.5)
+    assert (stats["config_max_concurrent_batches"], stats["live_workers"]) == (1, 1)
+    processor.reconfigure(max_batch_size=4, batch_timeout=0.5, max_concurrent_batches=3)
     stats = processor.get_stats()
     assert stats["config_max_batch_size"] == 4 and stats["config_batch_timeout_ms"] == pytest.approx(500.0)
+    assert (stats["config_max_concurrent_batches"], stats["live_workers"]) == (3, 3)
+    processor.stop()
+    assert processor.get_stats()["live_workers"] == 0
 
 
 def test_a_filling_batch_keeps_the_items_enqueued_before_the_change(make_processor, gate):

@@ -146,6 +146,11 @@ class Crew:
         return len(self.running_since_ns()) >= workers
 
     @property
+    def live(self) -> int:
+        """Workers that run batches now: started, neither retired nor gone."""
+        return self._live
+
+    @property
     def size(self) -> int:
         """How many batches may run at once."""
         return max(1, self._wanted)
