@@ -4,9 +4,10 @@ A run owns everything that lives and dies with it: the request queue, the worker
 ``Crew``; each publishes the batch it runs: ``running_since_ns`` is what the health
 monitor, the statistics and the intake read of them), the health monitor, the deadline
 reaper, the callback runner and the set of threads they start. It never refers to the
-``BatchProcessor``: a worker that outlives its run (its batch
-function overran ``stop(timeout)``) can only ever touch its own run, never the next one,
-and a processor nobody refers to any more can be collected and stopped (see
+``BatchProcessor``: a worker that outlives its run (its batch function overran
+``stop(timeout)``) can only ever touch its own run's queue and items, never the next
+run's (its late batch still reaches the processor's statistics and scheduler, which it
+was given), and a processor nobody refers to any more can be collected and stopped (see
 ``BatchProcessor``'s finalizer).
 
 The stop protocol, whoever calls it and however often:

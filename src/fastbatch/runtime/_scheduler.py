@@ -36,6 +36,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -69,9 +70,8 @@ class Limits:
                    int(config.min_batch_interval * 1e9), config.max_concurrent_batches)
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """How the next batch is taken from the queue."""
+class Plan(NamedTuple):
+    """How the next batch is taken from the queue (one per batch: a tuple, cheap to make)."""
 
     size: int  # samples at most
     linger_s: float  # how long a lone first item waits for company
