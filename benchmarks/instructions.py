@@ -58,6 +58,7 @@ def child(workload: str, n: int) -> None:
     from compiled_fastbatch import fastbatch
 
     _, _, batch, shape = WORKLOADS[workload]
+    batch = int(os.environ.get("FASTBATCH_BENCH_BATCH", batch))  # attribution.py's batches of one
     rows = list(np.ones((n, *shape), dtype=np.float32))
     config = fastbatch.BatchProcessorConfig(
         max_batch_size=batch, initial_batch_size=batch, min_batch_size=1, batch_timeout=0.0, max_queue_size=0,

@@ -363,14 +363,15 @@ def _apply_resolve(f: BatchFuture[Any], result: Any, counters: Any) -> str | Non
 
 def resolve_batch(futures: Sequence[Any], results: Sequence[Any],
                   run_callbacks: Callable[[list[Any]], None] | None = None,
-                  counters: Any = None) -> int:
+                  counters: Any = None, ended: tuple[int, ...] | None = None) -> int:
     """Give each running future its result; returns how many were set.
 
     A future that is finished already (failed by ``stop`` past its deadline) keeps its
     state. ``counters`` counts the results as processed (and no longer in flight) under
-    ``_LOCK``, before any state is written. Waiters and done-callbacks run after
-    ``_LOCK`` is released; a callback that raises ``BaseException`` is logged and the
-    rest still run.
+    ``_LOCK``, before any state is written, in one update with ``ended`` (the rest of the
+    batch's ``Counters.batch_ended`` arguments) when given. Waiters and done-callbacks
+    run after ``_LOCK`` is released; a callback that raises ``BaseException`` is logged
+    and the rest still run.
     """
     callbacks: list[Any] = []
     watched: list[tuple[Any, Any]] = []
@@ -384,8 +385,12 @@ def resolve_batch(futures: Sequence[Any], results: Sequence[Any],
                 x = f._x
                 if x is None or x.cond is None:
                     n += 1
-        if counters is not None and n:
-            counters.add(processed=n, in_flight=-n)
+        if counters is not None:
+            if ended is not None:
+                batches, samples, pad, real, processed, failed, in_flight = ended
+                counters.batch_ended(batches, samples, pad, real, processed + n, failed, in_flight - n)
+            elif n:
+                counters.add(processed=n, in_flight=-n)
         for f, r in zip(futures, results):
             if f is not None and f._state == RUNNING:
                 x = f._x

@@ -1920,7 +1920,15 @@ cdef list _summaries(tuple windows, tuple qss):
 
 cdef cnp.ndarray _vector(object values, int typenum, str name):
     """``values`` as a 1-D C-contiguous array of ``typenum`` (a safe cast), or ValueError."""
-    cdef cnp.ndarray arr = cnp.PyArray_FROMANY(values, typenum, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
+    cdef cnp.ndarray arr
+    if cnp.PyArray_CheckExact(values):
+        # The usual argument (a batch's enqueue times) is such an array already: taken as
+        # it is, without PyArray_FromAny's general machinery (several per batch).
+        arr = <cnp.ndarray>values
+        if (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == 1
+                and cnp.PyArray_ISCARRAY_RO(arr) and cnp.PyArray_ISNOTSWAPPED(arr)):
+            return arr
+    arr = cnp.PyArray_FROMANY(values, typenum, 0, 0, cnp.NPY_ARRAY_IN_ARRAY)
     if cnp.PyArray_NDIM(arr) != 1:
         raise ValueError(msg.NOT_ONE_DIMENSIONAL.format(name=name, shape=(<object>arr).shape))
     return arr

@@ -18,7 +18,7 @@ from typing import Any
 from . import _padded, _tensors
 from ..core import _backend
 from ..runtime._batch import Batch
-from ._lanes import ARRAY, FIELDS, GENERIC, PADDED, PADDED_FIELDS, TENSOR
+from ._lanes import ARRAY, FIELDS, PADDED, PADDED_FIELDS, TENSOR
 from ._results import check_result, check_sequence, split_result
 
 
@@ -173,6 +173,7 @@ _LIST = _List()
 
 def kind_of(job: Batch, batch_generic_items: bool) -> Kind | None:
     """The entry for ``job``'s lane; None for objects processed one call each."""
-    if job.kind == GENERIC:
-        return _LIST if batch_generic_items else None
-    return KINDS[job.kind]
+    entry = KINDS.get(job.lane.kind)
+    if entry is not None:
+        return entry
+    return _LIST if batch_generic_items else None  # GENERIC

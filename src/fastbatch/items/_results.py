@@ -167,7 +167,10 @@ def _describe(value: Any) -> str:
 
 def check_result(result: Any, samples: int) -> None:
     """The checks of :func:`split_result`, for a batch whose items want no result back."""
-    if several_outputs(result, samples, _ndarray, "an array") is None:
+    if result.__class__ is _ndarray and result.ndim:  # the usual result: no container to look into
+        if len(result) != samples:
+            _check_length(result, samples)
+    elif several_outputs(result, samples, _ndarray, "an array") is None:
         _check_length(result, samples)
 
 

@@ -70,6 +70,24 @@ class Counters:
             self.real_positions += real_positions
             self.shed += shed
 
+    def taken(self, n: int) -> None:
+        """``n`` items left the queue for a batch (the worker's one update per take)."""
+        with self._lock:
+            self.in_flight += n
+
+    def batch_ended(self, batches: int, samples: int, pad_positions: int, real_positions: int,
+                    processed: int, failed: int, in_flight: int) -> None:
+        """A batch's whole outcome in one update: the worker's one update per batch end
+        (``resolve_batch`` adds its results' count to ``processed`` and ``in_flight``)."""
+        with self._lock:
+            self.batches += batches
+            self.samples += samples
+            self.pad_positions += pad_positions
+            self.real_positions += real_positions
+            self.processed += processed
+            self.failed += failed
+            self.in_flight += in_flight
+
     def settle(self, outcome: str, taken: bool) -> None:
         """Count one future's final outcome ("processed", "failed", "cancelled", "expired").
 

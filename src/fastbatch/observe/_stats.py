@@ -109,10 +109,14 @@ class BatchStats:
         enqueue_ns: npt.NDArray[Any],
     ) -> None:
         """Record one finished batch's times and sizes (times from the core clock)."""
-        if not self.enabled:
-            return
-        with self._record_lock:  # several workers may finish batches at once
-            self._record(start_ns, end_ns, samples, queue_length, enqueue_ns)
+        self.record(start_ns, end_ns, samples, queue_length, enqueue_ns)
+
+    def record(self, start_ns: int, end_ns: int, samples: int, queue_length: int,
+               enqueue_ns: npt.NDArray[Any]) -> None:
+        """:meth:`record_batch` with positional arguments (the worker's call, once per batch)."""
+        if self.enabled:
+            with self._record_lock:  # several workers may finish batches at once
+                self._record(start_ns, end_ns, samples, queue_length, enqueue_ns)
 
     def _record(self, start_ns: int, end_ns: int, samples: int, queue_length: int,
                 enqueue_ns: npt.NDArray[Any]) -> None:

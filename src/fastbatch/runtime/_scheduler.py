@@ -96,6 +96,9 @@ class Scheduler:
         self._last_end_s = math.nan
         self._last_backlog = 0
         self._last_start_ns = 0  # the last batch's start in this run, any worker's (min_batch_interval)
+        # (limits, plan): the last plan made without a policy or a latency target, which
+        # holds while the limits and the size stay as they were.
+        self._steady: tuple[Limits, Plan] | None = None
         # Plans when each batch is released (ADAPTIVE only): learns the batch cost and
         # how items arrive, across runs.
         self.policy = WaitPolicy(config.batch_timeout) if self.strategy is BatchProcessingStrategy.ADAPTIVE else None
@@ -155,9 +158,17 @@ class Scheduler:
             if early_ns > 0:
                 return Plan(self._size, 0.0, 0, early_ns / 1e9)
         size = self._size
+        policy = self.policy
+        steady = self._steady
+        if steady is not None and steady[0] is limits and steady[1].size == size and policy is None:
+            return steady[1]  # nothing it depends on has changed: no new plan to make
         linger = cap = self.max_wait_s(limits)
         until_ns = 0
-        policy = self.policy
+        if policy is None and limits.target_s is None:
+            # The plan depends on the limits and the size alone: kept until either changes.
+            plan = Plan(size, linger, 0, 0.0)
+            self._steady = (limits, plan)
+            return plan
         if policy is not None and policy.active:
             try:
                 linger, until_ns = policy.plan(now_ns, queued_samples, size, self.arrival_rate)

@@ -134,7 +134,7 @@ class Worker:
             items, futures, enqueue_ns, lane, start_ns = got
             del got  # the loop must hold no item while it waits for the next batch
             stopped = f"BatchProcessor {self.name!r} stopped before this item was processed"
-            self.counters.add(in_flight=len(items))
+            self.counters.taken(len(items))
             try:
                 with self.handoff:
                     if self.abort.is_set():
@@ -208,25 +208,24 @@ class Worker:
         samples, calls = batch.samples, batch.calls
         # The batch is counted before any future learns its outcome, so that whoever
         # sees a result sees its batch in the statistics; each item is counted as its
-        # future changes (futures stop() failed meanwhile are not counted twice).
+        # future changes (futures stop() failed meanwhile are not counted twice). One
+        # counter update per batch: with results to hand out and no failure, it is made
+        # with theirs, under the futures' lock (resolve_batch).
         without = futures.count(None)
         no_future_failed = sum(1 for i in errors if futures[i] is None) if errors else 0
         ran = len(errors) < len(items)
-        batch.counted = True  # its items without a future: a crash from here on must not count them again
-        self.counters.add(batches=calls, samples=samples if ran else 0,
-                          pad_positions=batch.pad_positions if ran else 0,
-                          real_positions=batch.real_positions if ran else 0,
-                          processed=without - no_future_failed, failed=no_future_failed,
-                          in_flight=-without)
+        ended = (calls, samples if ran else 0, batch.pad_positions if ran else 0,
+                 batch.real_positions if ran else 0, without - no_future_failed, no_future_failed, -without)
+        resolving = with_futures and results is not None
+        if not resolving or errors:
+            batch.counted = True  # its items without a future: a crash from here on must not count them again
+            self.counters.batch_ended(*ended)
         queue_length, enqueue_ns = batch.queue_length, batch.enqueue_ns
         if calls == 1:
-            self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=samples,
-                                    queue_length=queue_length, enqueue_ns=enqueue_ns)
-
+            self.stats.record(start_ns, end_ns, samples, queue_length, enqueue_ns)
         else:  # statistics never show a batch that was not one call
             for i in range(calls):
-                self.stats.record_batch(start_ns=start_ns, end_ns=end_ns, samples=1,
-                                        queue_length=queue_length, enqueue_ns=enqueue_ns[i:i + 1])
+                self.stats.record(start_ns, end_ns, 1, queue_length, enqueue_ns[i:i + 1])
         arrivals, end_s = self.stats.arrivals, end_ns / 1e9
         if arrivals.due(end_s):
             # At most every ArrivalMeter.step_s: the snapshot's lock is not paid per batch.
@@ -236,11 +235,14 @@ class Worker:
             if self.config.reduce_batch_on_failure:
                 self.scheduler.shrink()
             self._fail_items(futures, errors)
-        if with_futures and results is not None:
+        if resolving and results is not None:
             if errors:
                 futures = [f for i, f in enumerate(futures) if i not in errors]
                 results = [r for i, r in enumerate(results) if i not in errors]
-            resolve_batch(futures, results, self.callbacks.submit, self.counters)
+                resolve_batch(futures, results, self.callbacks.submit, self.counters)
+            else:
+                batch.counted = True
+                resolve_batch(futures, results, self.callbacks.submit, self.counters, ended)
         if batch.clean:
             self.scheduler.handed_out(samples, (end_ns - start_ns) / 1e9, len(items))
         if self.config.enable_memory_optimization:
