@@ -114,23 +114,20 @@ class BatchStats:
     def record(self, start_ns: int, end_ns: int, samples: int, queue_length: int,
                enqueue_ns: npt.NDArray[Any]) -> None:
         """:meth:`record_batch` with positional arguments (the worker's call, once per batch)."""
-        if self.enabled:
-            with self._record_lock:  # several workers may finish batches at once
-                self._record(start_ns, end_ns, samples, queue_length, enqueue_ns)
-
-    def _record(self, start_ns: int, end_ns: int, samples: int, queue_length: int,
-                enqueue_ns: npt.NDArray[Any]) -> None:
-        self._processing_ms.record((end_ns - start_ns) / 1e6)
-        self._batch_size.record(samples)
-        self._queue_length.record(queue_length)
-        self._batch_start_s.record(start_ns / 1e9)
-        self._last_end_s = end_ns / 1e9
-        self._queue_ms.record_elapsed_ms(enqueue_ns, start_ns)
-        self._latency_ms.record_elapsed_ms(enqueue_ns, end_ns)
-        self._processing_h.observe((end_ns - start_ns) / 1e9)
-        self._size_h.observe(samples)
-        self._queue_h.observe_elapsed(enqueue_ns, start_ns, 1e-9)
-        self._latency_h.observe_elapsed(enqueue_ns, end_ns, 1e-9)
+        if not self.enabled:
+            return
+        with self._record_lock:  # several workers may finish batches at once
+            self._processing_ms.record((end_ns - start_ns) / 1e6)
+            self._batch_size.record(samples)
+            self._queue_length.record(queue_length)
+            self._batch_start_s.record(start_ns / 1e9)
+            self._last_end_s = end_ns / 1e9
+            self._queue_ms.record_elapsed_ms(enqueue_ns, start_ns)
+            self._latency_ms.record_elapsed_ms(enqueue_ns, end_ns)
+            self._processing_h.observe((end_ns - start_ns) / 1e9)
+            self._size_h.observe(samples)
+            self._queue_h.observe_elapsed(enqueue_ns, start_ns, 1e-9)
+            self._latency_h.observe_elapsed(enqueue_ns, end_ns, 1e-9)
 
     def update(
         self,

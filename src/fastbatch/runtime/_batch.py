@@ -20,7 +20,7 @@ class Batch:
     """The items of one lane taken together, and what running them found out."""
 
     __slots__ = ("attempts", "calls", "clean", "counted", "enqueue_ns", "futures", "items", "lane", "pad_positions", "queue_length",
-                 "real_positions", "samples", "start_ns", "worker", "_running")
+                 "real_positions", "running", "samples", "start_ns", "worker")
 
     def __init__(self, lane: Lane, items: list[Any], futures: list[Any], enqueue_ns: npt.NDArray[Any],
                  start_ns: int, queue_length: int, worker: Any) -> None:
@@ -43,7 +43,7 @@ class Batch:
         self.attempts = 0
         self.clean = False
         self.counted = False  # its outcome is in the counters (set just before they are added)
-        self._running = False
+        self.running = False  # the batch function is being called for it (written by its worker)
 
     @property
     def key(self) -> Any:
@@ -58,12 +58,9 @@ class Batch:
         """Whether any item has a future to hand a result to."""
         return self.futures.count(None) != len(self.futures)
 
-    def set_running(self, running: bool) -> None:
-        self._running = running
-
     def running_since_ns(self) -> int:
         """When the batch function was first called for it; 0 when not running now."""
-        return self.start_ns if self._running else 0
+        return self.start_ns if self.running else 0
 
     def release(self) -> None:
         """Drop the items, futures and worker: the batch is resolved, they are the callers' now."""

@@ -202,14 +202,13 @@ class Scheduler:
         still queued (called before its futures learn their outcome: whoever sees a
         result sees the batch in the statistics)."""
         with self._lock:
-            if math.isnan(self.ema_processing_s):
-                self.ema_processing_s = seconds
-            else:
-                self.ema_processing_s += _ALPHA * (seconds - self.ema_processing_s)
+            ema = self.ema_processing_s
+            self.ema_processing_s = seconds if ema != ema else ema + _ALPHA * (seconds - ema)  # NaN: the first
             self._arrived(end_ns / 1e9, samples, backlog)
-            if self.strategy is BatchProcessingStrategy.ADAPTIVE:
+            strategy = self.strategy
+            if strategy is BatchProcessingStrategy.ADAPTIVE:
                 self._adapt(backlog)
-            elif self.strategy is BatchProcessingStrategy.BALANCED:
+            elif strategy is BatchProcessingStrategy.BALANCED:
                 self.set(max(samples, backlog))
 
     def handed_out(self, samples: int, seconds: float, resolved: int) -> None:
@@ -221,7 +220,8 @@ class Scheduler:
             policy.observe(samples, seconds, self.clock(), resolved, self.ema_processing_s)
 
     def _arrived(self, now_s: float, samples: int, backlog: int) -> None:
-        if not math.isnan(self._last_end_s) and now_s > self._last_end_s:
+        last_s = self._last_end_s
+        if last_s == last_s and now_s > last_s:  # not NaN: a batch has ended before
             # Samples that arrived since the last batch ended: those taken plus the backlog change.
             arrived = samples + backlog - self._last_backlog
             rate = max(0.0, arrived) / (now_s - self._last_end_s)
@@ -229,7 +229,7 @@ class Scheduler:
                 self.arrival_rate += _ALPHA * (rate - self.arrival_rate)
             else:
                 self.arrival_rate, self._rate_seen = rate, True
-        if math.isnan(self._last_end_s) or now_s >= self._last_end_s:  # ends may come out of order
+        if last_s != last_s or now_s >= last_s:  # ends may come out of order
             self._last_end_s, self._last_backlog = now_s, backlog
 
     def _adapt(self, backlog: int) -> None:

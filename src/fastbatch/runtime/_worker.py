@@ -167,7 +167,10 @@ class Worker:
         queue = self.queue
         scheduler = self.scheduler
         bucket = self.config.bucket_by_length
-        while not self.abort.is_set():
+        take = queue.take_batch
+        # The loop checked the abort just before the turn; a stop that abandons the run
+        # meanwhile empties the closed queue, which ends the take.
+        while True:
             # Read before the plan: a reconfigure() after this read interrupts the take
             # below, and one before it has already set the limits the plan reads.
             generation = queue.generation
@@ -177,22 +180,21 @@ class Worker:
                     return None
                 continue
             try:
-                got = queue.take_batch(plan.size, self.max_bytes, plan.linger_s, None, True, bucket,
-                                       plan.until_ns, generation)
+                got = take(plan.size, self.max_bytes, plan.linger_s, None, True, bucket, plan.until_ns, generation)
             except QueueClosedError:
                 return None
-            if got is None:  # interrupted by reconfigure() before a request was taken
-                continue
-            items, futures, enqueue_ns, lane = got
-            return items, futures, enqueue_ns, lane, scheduler.started(enqueue_ns)
-        return None
+            if got is not None:
+                items, futures, enqueue_ns, lane = got
+                return items, futures, enqueue_ns, lane, scheduler.started(enqueue_ns)
+            if self.abort.is_set():  # interrupted by reconfigure() before a request was taken
+                return None
 
     def _run_batch(self, batch: Batch) -> list[BaseException]:
         """Run one batch (the items of one lane); returns the exceptions its items failed with."""
         # Items from enqueue() carry no future: such a batch needs no result split.
         with_futures = batch.wants_results
         items, futures, start_ns = batch.items, batch.futures, batch.start_ns
-        batch.set_running(True)
+        batch.running = True
         try:
             kind = kind_of(batch, self.config.batch_generic_items)
             if kind is not None:
@@ -203,7 +205,7 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - the user's function: fail the batch
             results, errors = None, dict.fromkeys(range(len(items)), _as_failure(exc))
         finally:
-            batch.set_running(False)
+            batch.running = False
         end_ns = _backend.monotonic_ns()
         samples, calls = batch.samples, batch.calls
         # The batch is counted before any future learns its outcome, so that whoever
