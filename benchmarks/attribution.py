@@ -78,7 +78,7 @@ def profile(src: str, workload: str, n: int, out: str) -> None:
 
 def functions(path: str) -> collections.Counter[str]:
     """Self instructions per function (every thread) from a callgrind output file."""
-    text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", path],
+    text = subprocess.run(["callgrind_annotate", "--inclusive=no", "--threshold=100", "--auto=no", path],
                           capture_output=True, text=True, check=True).stdout
     counts: collections.Counter[str] = collections.Counter()
     for line in text.splitlines():

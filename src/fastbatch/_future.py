@@ -312,8 +312,6 @@ def start_batch(futures: Sequence[Any], counters: Any = None) -> list[int] | Non
     One ``_LOCK`` for the batch; futures that somebody waits on (they have a condition)
     change state under it, one by one.
     """
-    if futures.count(None) == len(futures):
-        return None  # items queued by enqueue(): no future to mark
     dropped: list[int] = []
     watched: list[int] = []
     with _LOCK:

@@ -217,16 +217,16 @@ class BatchProcessor(Generic[T, R]):
             TypeError, ValueError, BatchDtypeError: a bad item, timeout, priority or key
                 (the message names the problem).
         """
-        intake = self._intake
-        put_row = intake.put_row
-        try:
+        if timeout is None and priority is _DEFAULT and deadline is None and key is None:
             # The common call costs one C call (Intake.put_row); anything else, put().
-            if (put_row is not None and timeout is None and priority is _DEFAULT and deadline is None
-                    and key is None and put_row(item, None, None)):
-                return
-        except QueueClosedError:
-            pass  # put() raises the error that says why
-        intake.put(item, None, timeout, priority, deadline, key)
+            put_row = self._intake.put_row
+            if put_row is not None:
+                try:
+                    if put_row(item, None, None):
+                        return
+                except QueueClosedError:
+                    pass  # put() raises the error that says why
+        self._intake.put(item, None, timeout, priority, deadline, key)
 
     def enqueue_predict(self, item: T, timeout: float | None = None,
                         priority: BatchPriority | int = _DEFAULT,
@@ -242,15 +242,16 @@ class BatchProcessor(Generic[T, R]):
         """
         intake = self._intake
         future: BatchFuture[R] = BatchFuture(intake.run)
-        put_row = intake.put_row
+        if timeout is None and priority is _DEFAULT and deadline is None and key is None:
+            # The common call costs one C call (Intake.put_row); anything else, put().
+            put_row = intake.put_row
+            if put_row is not None:
+                try:
+                    if put_row(item, future, None):
+                        return future
+                except QueueClosedError:
+                    pass  # put() raises the error that says why
         try:
-            try:
-                # The common call costs one C call (Intake.put_row); anything else, put().
-                if (put_row is not None and timeout is None and priority is _DEFAULT and deadline is None
-                        and key is None and put_row(item, future, None)):
-                    return future
-            except QueueClosedError:
-                pass  # put() raises the error that says why
             intake.put(item, future, timeout, priority, deadline, key)
         except QueueFullError as exc:
             if self.config.raise_on_queue_full:

@@ -19,15 +19,20 @@ from ..items._lanes import Lane
 class Batch:
     """The items of one lane taken together, and what running them found out."""
 
-    __slots__ = ("attempts", "calls", "clean", "counted", "enqueue_ns", "futures", "items", "lane", "pad_positions", "queue_length",
-                 "real_positions", "running", "samples", "start_ns", "worker")
+    __slots__ = ("attempts", "calls", "clean", "counted", "enqueue_ns", "futures", "items", "lane", "pad_positions",
+                 "queue_length", "real_positions", "running", "samples", "start_ns", "wants_results", "without",
+                 "worker")
 
-    def __init__(self, lane: Lane, items: list[Any], futures: list[Any], enqueue_ns: npt.NDArray[Any],
+    def __init__(self, lane: Lane, items: list[Any], futures: list[Any], without: int, enqueue_ns: npt.NDArray[Any],
                  start_ns: int, queue_length: int, worker: Any) -> None:
         self.lane = lane
         self.worker = worker  # the Worker running it
         self.items = items
         self.futures = futures  # None for an item queued without a future (enqueue)
+        # How many items have no future (counted once: list.count compares every future);
+        # whether any item has a future to hand a result to.
+        self.without = without
+        self.wants_results = without != len(futures)
         self.enqueue_ns = enqueue_ns
         self.start_ns = start_ns
         self.queue_length = queue_length  # items still queued when it was taken
@@ -52,11 +57,6 @@ class Batch:
     @property
     def kind(self) -> str:
         return self.lane.kind
-
-    @property
-    def wants_results(self) -> bool:
-        """Whether any item has a future to hand a result to."""
-        return self.futures.count(None) != len(self.futures)
 
     def running_since_ns(self) -> int:
         """When the batch function was first called for it; 0 when not running now."""

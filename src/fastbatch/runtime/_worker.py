@@ -140,12 +140,15 @@ class Worker:
                     if self.abort.is_set():
                         self.run.fail_leftovers(futures, stopped, taken=True)
                         return
-                    keep = start_batch(futures, self.counters)
+                    # Items from enqueue() have no future: none to mark running. Dropped
+                    # items (cancelled, expired) all have one: the count stays.
+                    without = futures.count(None)
+                    keep = start_batch(futures, self.counters) if without != len(futures) else None
                     if keep is not None:
                         items = [items[i] for i in keep]
                         futures = [futures[i] for i in keep]
                         enqueue_ns = enqueue_ns[keep]
-                    batch = Batch(lane, items, futures, enqueue_ns, start_ns, len(self.queue), self)
+                    batch = Batch(lane, items, futures, without, enqueue_ns, start_ns, len(self.queue), self)
                     self.current = batch
             except BaseException:
                 # Taken and not published (MemoryError ...): stop() cannot see these items.
@@ -213,7 +216,7 @@ class Worker:
         # future changes (futures stop() failed meanwhile are not counted twice). One
         # counter update per batch: with results to hand out and no failure, it is made
         # with theirs, under the futures' lock (resolve_batch).
-        without = futures.count(None)
+        without = batch.without
         no_future_failed = sum(1 for i in errors if futures[i] is None) if errors else 0
         ran = len(errors) < len(items)
         ended = (calls, samples if ran else 0, batch.pad_positions if ran else 0,
