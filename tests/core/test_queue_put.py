@@ -298,8 +298,9 @@ def test_put_row_queues_a_row_of_the_schema_as_put_would(core):
         np.zeros(4, dtype=np.float64),  # dtype
         np.zeros(4, dtype=">f4"),  # byte order: not equivalent
         np.zeros(5, dtype=np.float32),  # length
-        np.zeros((1, 4), dtype=np.float32),  # a mini-batch of one row
-        np.zeros((4, 1), dtype=np.float32),
+        np.zeros((4, 1), dtype=np.float32),  # rows of another shape
+        np.zeros((0, 4), dtype=np.float32),  # a mini-batch of no row
+        np.zeros((2, 2, 4), dtype=np.float32),  # samples of another shape
         np.float32(1.0),  # a numpy scalar, not an array
         np.zeros(4, dtype=np.float32).view(RowSubclass),  # a subclass
         [0.0, 0.0, 0.0, 0.0],
@@ -339,11 +340,42 @@ def test_row_schema_can_be_replaced(core):
     assert len(q.take_batch(10, max_bytes=1, timeout=0)[0]) == 2
 
 
+def test_put_row_takes_mini_batches_and_samples_of_any_shape(core):
+    q = core.RequestQueue()
+    q.set_row_schema(np.float32, (2, 3))  # images of 2 x 3
+    one, three = np.ones((1, 2, 3), np.float32), np.ones((3, 2, 3), np.float32)
+    assert q.put_row(one, "a") is True
+    assert q.put_row(three, "b") is True
+    assert q.put_row(np.ones((2, 3), np.float32)) is False  # 2 samples of (3,), not one of (2, 3)
+    assert (len(q), q.queued_samples, q.total_puts) == (2, 4, 2)
+    items, futures, _ = q.take_batch(10, timeout=0)
+    assert items[0] is one and items[1] is three and futures == ["a", "b"]
+    rows = core.RequestQueue()
+    rows.set_row_schema(np.int64, (4,))
+    assert rows.put_row(np.zeros(4, np.int64)) and rows.put_row(np.zeros((5, 4), np.int64))
+    assert rows.queued_samples == 6
+
+
+def test_put_row_leaves_items_over_its_limits_to_put(core):
+    q = core.RequestQueue()
+    q.set_row_schema(np.float64, (2,), max_samples=3, max_bytes=40)
+    assert q.put_row(np.zeros((2, 2))) is True  # 2 samples, 32 bytes
+    assert q.put_row(np.zeros((3, 2)), timeout=-1) is False  # 48 bytes: not even the timeout is read
+    q.set_row_schema(np.float64, (2,), max_samples=3)
+    assert q.put_row(np.zeros((3, 2))) is True
+    assert q.put_row(np.zeros((4, 2))) is False  # 4 samples
+    assert (len(q), q.queued_samples) == (2, 5)
+    with pytest.raises(ValueError, match="max_samples"):
+        q.set_row_schema(np.float64, (2,), max_samples=-1)
+    with pytest.raises(ValueError, match="max_bytes"):
+        q.set_row_schema(np.float64, (2,), max_bytes=-1)
+
+
 @pytest.mark.parametrize(
     ("dtype", "shape", "error"),
     [
-        (np.float64, (2, 3), ValueError),
         (np.float64, (), ValueError),
+        (np.float64, (1,) * 32, ValueError),
         (np.float64, [3], ValueError),
         (np.float64, (-1,), ValueError),
         (np.float64, (2.0,), TypeError),

@@ -243,3 +243,31 @@ def test_parts_whose_arrays_cannot_be_joined_fail_with_a_result_mismatch(make_pr
     with pytest.raises(fastbatch.ResultMismatchError, match=r"cannot be joined \(part 0: ndarray of shape \(2, 1\), "
                                                              r"part 1: ndarray of shape \(2, 2\)\)"):
         processor.enqueue_predict(np.ones((4, 3))).result(5)
+
+
+def test_mini_batches_of_a_known_lane_split_by_the_size_in_force(make_processor):
+    # The first item opens the lane; later mini-batches of it take the queue's fast path,
+    # which must leave an item over the batch size, as reconfigured, to be split.
+    seen = []
+    processor = make_processor(lambda b: seen.append(len(b)) or b * 2, max_batch_size=4)
+    processor.enqueue_predict(np.ones((1, 3))).result(5)
+    x = np.arange(18.0).reshape(6, 3)
+    np.testing.assert_array_equal(processor.enqueue_predict(x).result(5), x * 2)
+    assert max(seen) <= 4
+    processor.reconfigure(max_batch_size=2)
+    seen.clear()
+    y = np.arange(9.0).reshape(3, 3)
+    np.testing.assert_array_equal(processor.enqueue_predict(y).result(5), y * 2)
+    assert sorted(seen) == [1, 2]
+    processor.reconfigure(max_batch_size=8)
+    seen.clear()
+    np.testing.assert_array_equal(processor.enqueue_predict(x).result(5), x * 2)
+    assert seen == [6]
+
+
+def test_a_mini_batch_of_a_known_lane_over_the_byte_budget_is_refused(make_processor):
+    processor = make_processor(lambda b: b, max_batch_size=64, max_batch_memory_mb=1 / 1024)  # 1 KiB
+    processor.enqueue_predict(np.ones((2, 8))).result(5)  # opens the lane: 128 bytes
+    with pytest.raises(ValueError, match="exceeds the batch byte budget"):
+        processor.enqueue_predict(np.ones((20, 8)))  # 1,280 bytes
+    assert processor.enqueue_predict(np.ones((4, 8))).result(5).shape == (4, 8)

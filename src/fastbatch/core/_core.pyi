@@ -97,33 +97,38 @@ class RequestQueue:
             ValueError: ``samples < 1``, ``nbytes < 0``, ``lane`` out of range, or a
                 negative/NaN ``timeout``.
         """
-    def set_row_schema(self, dtype: npt.DTypeLike, shape: tuple[int], lane: int = 0) -> None:
-        """Set the rows ``put_row`` accepts: 1-D arrays of ``shape == (n,)`` and ``dtype``,
-        queued into ``lane`` with its tag. The lane is pinned: it keeps its tag for
-        the queue's lifetime.
+    def set_row_schema(
+        self, dtype: npt.DTypeLike, shape: tuple[int, ...], lane: int = 0, max_samples: int = 0, max_bytes: int = 0
+    ) -> None:
+        """Set what ``put_row`` accepts: samples of sample shape ``shape`` (1 to 31 sizes)
+        and ``dtype``, at most ``max_samples`` of them (0: any number) in at most
+        ``max_bytes`` bytes (0: any size) a put, queued into ``lane`` with its tag. The
+        lane is pinned: it keeps its tag for the queue's lifetime.
 
         Replaces any earlier schema; a new queue has none.
 
         Raises:
-            ValueError: ``shape`` is not a tuple of one integer ``>= 0``, or ``lane``
-                is out of range or was never opened.
-            TypeError: ``dtype`` is not a dtype, or ``shape[0]`` not an integer.
+            ValueError: ``shape`` is not a tuple of 1 to 31 integers ``>= 0``, a limit is
+                negative, or ``lane`` is out of range or was never opened.
+            TypeError: ``dtype`` is not a dtype, or a size or limit not an integer.
         """
     def put_row(
         self, item: object, future: object | None = None, timeout: float | None = None
     ) -> bool:
-        """``put(item, future, 1, item.nbytes, 2, timeout, lane, tag)`` for a row of the
-        schema, into the schema's lane with that lane's tag.
+        """``put(item, future, samples, item.nbytes, 2, timeout, lane, tag)`` for samples
+        of the schema, into the schema's lane with that lane's tag.
 
-        ``item`` is a row when it is exactly a ``numpy.ndarray`` (not a subclass), 1-D,
-        ``len(item) == n`` and its dtype is the schema's (the same object or an equivalent
-        one, as ``==`` on dtypes says). Then it is queued as ``put`` would, with
-        ``samples=1``, ``nbytes=item.nbytes``, priority 2, and True is returned.
-        Otherwise — or when no schema is set — False is returned, nothing is queued and
-        ``timeout`` is not looked at.
+        ``item`` is taken when it is exactly a ``numpy.ndarray`` (not a subclass) whose
+        dtype is the schema's (the same object or an equivalent one, as ``==`` on dtypes
+        says) and either 1-D and equal in shape to a 1-D sample shape (one sample) or of
+        shape ``(n, *shape)`` with ``n >= 1`` (n samples; no more than ``max_samples``
+        when set), of no more than ``max_bytes`` bytes when set. Then it is queued as
+        ``put`` would, with priority 2, and True is returned. Otherwise — or when no
+        schema is set — False is returned, nothing is queued and ``timeout`` is not
+        looked at.
 
-        Raises (only for a row): as ``put`` — ``QueueFullError``, ``QueueClosedError``,
-        ``ValueError`` for a negative/NaN ``timeout``.
+        Raises (only for an item taken): as ``put`` — ``QueueFullError``,
+        ``QueueClosedError``, ``ValueError`` for a negative/NaN ``timeout``.
         """
     def take_batch(
         self,

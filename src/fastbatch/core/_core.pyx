@@ -470,9 +470,14 @@ cdef class RequestQueue:
     cdef int64_t _need_samples
     cdef int64_t _need_bytes             # 0: no byte criterion
     cdef Py_ssize_t _need_lane           # -1: any lane
-    # The rows put_row() accepts: 1-D, _row_len long, of this dtype (None: no schema).
+    # What put_row() accepts (None: no schema): samples of this dtype and this shape
+    # (_row_ndim dimensions), at most _row_max_samples of them (0: any) in at most
+    # _row_max_bytes bytes (0: any).
     cdef object _row_dtype
-    cdef cnp.npy_intp _row_len
+    cdef int _row_ndim
+    cdef cnp.npy_intp _row_shape[32]  # up to 31 used (ROW_MAX_NDIM)
+    cdef int64_t _row_max_samples
+    cdef int64_t _row_max_bytes
     cdef Py_ssize_t _row_lane
 
     def __init__(self, capacity=0, prioritized=False, lanes=1):
@@ -1014,18 +1019,23 @@ cdef class RequestQueue:
         r.lane = self._lane_index(lane)
         self._enqueue(&r, item, future, tag, timeout)
 
-    def set_row_schema(self, dtype, shape, lane=0):
-        """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in ``put_row``, into ``lane``.
+    def set_row_schema(self, dtype, shape, lane=0, max_samples=0, max_bytes=0):
+        """Accept samples of ``shape`` and ``dtype`` in ``put_row``, into ``lane``.
 
         The lane is pinned: it keeps its tag for the queue's lifetime.
         """
         cdef Py_ssize_t k = self._lane_index(lane)
+        cdef int i, ndim
+        cdef int64_t most = _as_int64(max_samples, "max_samples")
+        cdef int64_t budget = _as_int64(max_bytes, "max_bytes")
         dt = np.dtype(dtype)
-        if type(shape) is not tuple or len(shape) != 1:
+        if type(shape) is not tuple or not 1 <= len(shape) <= 31:  # the twin's ROW_MAX_NDIM
             raise ValueError(msg.ROW_SCHEMA_SHAPE.format(shape=shape))
-        n = _as_int64(shape[0], "shape[0]")
-        if n < 0:
+        dims = [_as_int64(n, "shape") for n in shape]
+        if min(dims) < 0:
             raise ValueError(msg.ROW_SCHEMA_LENGTH.format(shape=shape))
+        if most < 0 or budget < 0:
+            raise ValueError(msg.ROW_SCHEMA_LIMIT.format(max_samples=max_samples, max_bytes=max_bytes))
         self._lock_with_gil()
         opened = k < self._used_lanes
         if opened:
@@ -1033,30 +1043,54 @@ cdef class RequestQueue:
         fb_unlock(self._mutex)
         if not opened:
             raise ValueError(msg.LANE_NOT_OPEN.format(lane=k))
-        self._row_len = <cnp.npy_intp>n
+        # Written with the GIL held, as put_row reads them: a put sees one schema.
+        ndim = len(dims)
+        for i in range(ndim):
+            self._row_shape[i] = <cnp.npy_intp>dims[i]
+        self._row_ndim = ndim
+        self._row_max_samples = most
+        self._row_max_bytes = budget
         self._row_lane = k
         self._row_dtype = dt
 
     def put_row(self, object item, object future=None, timeout=None):
-        """``put(item, future, 1, item.nbytes, 2, timeout, lane, tag)`` for a schema row.
+        """``put(item, future, samples, item.nbytes, 2, timeout, lane, tag)`` for samples of
+        the schema.
 
         Returns False, queuing nothing, when there is no schema or ``item`` is not
-        exactly an ndarray, not 1-D, or of another length or dtype.
+        exactly an ndarray of the schema's samples (see ``_core.pyi``).
         """
         cdef Request r
         cdef object dtype = self._row_dtype
         cdef cnp.PyArray_Descr* dt
+        cdef cnp.npy_intp* dims
+        cdef int i, nd, ndim = self._row_ndim
+        cdef int64_t samples
         if dtype is None or not cnp.PyArray_CheckExact(item):
             return False
-        if (cnp.PyArray_NDIM(<cnp.ndarray>item) != 1
-                or cnp.PyArray_DIM(<cnp.ndarray>item, 0) != self._row_len):
+        nd = cnp.PyArray_NDIM(<cnp.ndarray>item)
+        dims = cnp.PyArray_DIMS(<cnp.ndarray>item)
+        if nd == 1:  # one sample, when samples are 1-D
+            if ndim != 1 or dims[0] != self._row_shape[0]:
+                return False
+            samples = 1
+        elif nd == ndim + 1:  # (n, *shape): n samples
+            for i in range(ndim):
+                if dims[i + 1] != self._row_shape[i]:
+                    return False
+            samples = dims[0]
+            if samples < 1 or (self._row_max_samples and samples > self._row_max_samples):
+                return False
+        else:
             return False
         dt = cnp.PyArray_DESCR(<cnp.ndarray>item)
         if (dt != <cnp.PyArray_Descr*>dtype
                 and not cnp.PyArray_EquivTypes(<cnp.dtype>dt, <cnp.dtype>dtype)):
             return False
-        r.samples = 1
         r.nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>item)
+        if self._row_max_bytes and r.nbytes > self._row_max_bytes:
+            return False
+        r.samples = samples
         r.priority = 2
         r.lane = self._row_lane
         # A pinned lane's tag never changes: read without the lock.

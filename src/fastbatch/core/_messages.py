@@ -21,8 +21,10 @@ SAMPLES = "samples must be >= 1, got {value}"
 NBYTES = "nbytes must be >= 0, got {value}"
 MAX_SAMPLES = "max_samples must be >= 1, got {value}"
 MAX_BYTES = "max_bytes must be >= 0 (0 means no byte budget), got {value}"
-ROW_SCHEMA_SHAPE = "a row schema has a 1-D shape (n,), got {shape!r}"
-ROW_SCHEMA_LENGTH = "a row schema has a 1-D shape (n,) with n >= 0, got {shape!r}"
+ROW_SCHEMA_SHAPE = "a row schema's sample shape is a tuple of 1 to 31 sizes, got {shape!r}"
+ROW_SCHEMA_LENGTH = "a row schema's sample shape has sizes >= 0, got {shape!r}"
+ROW_SCHEMA_LIMIT = ("a row schema's max_samples and max_bytes are >= 0 (0: no limit), got max_samples="
+                    "{max_samples!r}, max_bytes={max_bytes!r}")
 
 # -- RequestQueue -------------------------------------------------------------------------
 QUEUE_CLOSED = "the queue is closed: put() refused"

@@ -42,6 +42,10 @@ def _wait(cond: threading.Condition, seconds: float | None) -> None:
     cond.wait(None if seconds is None else min(seconds, _TIMEOUT_MAX))
 
 
+#: The most dimensions of put_row's samples (as in the compiled core).
+ROW_MAX_NDIM = 31
+
+
 class _Lane:
     """The requests of one lane, and the tag that names what they are."""
 
@@ -78,8 +82,8 @@ class RequestQueue:
     __slots__ = (
         "__weakref__", "_bytes", "_capacity", "_closed", "_idle_waiters", "_lingerers",
         "_count", "_generation", "_interrupt_seq", "_lanes", "_level_samples", "_lock", "_n_lanes", "_need_bytes",
-        "_need_lane", "_need_samples", "_not_empty", "_not_full", "_paused", "_prioritized", "_producers_waiting", "_row_dtype",
-        "_row_lane", "_row_shape", "_samples", "_seq",
+        "_need_lane", "_need_samples", "_not_empty", "_not_full", "_paused", "_prioritized", "_producers_waiting", "_row",
+        "_samples", "_seq",
     )  # fmt: skip
 
     def __init__(self, capacity: int = 0, prioritized: bool = False, lanes: int = 1) -> None:
@@ -112,9 +116,8 @@ class RequestQueue:
         self._need_bytes: int | None = None
         self._need_lane: _Lane | None = None  # the lane whose requests the lingerer needs
         # The rows put_row() accepts (None: no schema), and their lane.
-        self._row_lane = 0
-        self._row_dtype: np.dtype[Any] | None = None
-        self._row_shape: tuple[int] | None = None
+        # put_row's schema, replaced whole: (dtype, sample shape, lane, max samples, max bytes).
+        self._row: tuple[np.dtype[Any], tuple[int, ...], int, int, int] | None = None
 
     @property
     def capacity(self) -> int:
@@ -209,49 +212,73 @@ class RequestQueue:
         priority = as_int64("priority", priority)
         self._push(item, future, samples, nbytes, priority, timeout, self._lane_index(lane), tag)
 
-    def set_row_schema(self, dtype: npt.DTypeLike, shape: tuple[int], lane: int = 0) -> None:
-        """Accept 1-D rows of ``shape == (n,)`` and ``dtype`` in :meth:`put_row`, into ``lane``.
+    def set_row_schema(self, dtype: npt.DTypeLike, shape: tuple[int, ...], lane: int = 0,
+                       max_samples: int = 0, max_bytes: int = 0) -> None:  # fmt: skip
+        """Accept samples of ``shape`` and ``dtype`` in :meth:`put_row`, into ``lane``:
+        at most ``max_samples`` samples (0: any) of at most ``max_bytes`` bytes (0: any) a put.
 
         The lane is pinned: it keeps its tag for the queue's lifetime.
 
         Raises:
-            ValueError: ``shape`` is not a 1-tuple of an integer ``>= 0``, or the lane
-                is out of range or was never opened.
-            TypeError: ``dtype`` is not a dtype, or ``shape[0]`` not an integer.
+            ValueError: ``shape`` is not a tuple of 1 to 31 integers ``>= 0``, a limit is
+                negative, or the lane is out of range or was never opened.
+            TypeError: ``dtype`` is not a dtype, or a size or limit not an integer.
         """
         k = self._lane_index(lane)
+        most = as_int64("max_samples", max_samples)
+        budget = as_int64("max_bytes", max_bytes)
         dt = np.dtype(dtype)
-        if type(shape) is not tuple or len(shape) != 1:
+        if type(shape) is not tuple or not 1 <= len(shape) <= ROW_MAX_NDIM:
             raise ValueError(msg.ROW_SCHEMA_SHAPE.format(shape=shape))
-        n = as_int64("shape[0]", shape[0])
-        if n < 0:
+        dims = tuple(as_int64("shape", n) for n in shape)
+        if min(dims) < 0:
             raise ValueError(msg.ROW_SCHEMA_LENGTH.format(shape=shape))
+        if most < 0 or budget < 0:
+            raise ValueError(msg.ROW_SCHEMA_LIMIT.format(max_samples=max_samples, max_bytes=max_bytes))
         with self._lock:
             if k >= len(self._lanes):
                 raise ValueError(msg.LANE_NOT_OPEN.format(lane=k))
             self._lanes[k].pinned = True
-        self._row_shape, self._row_dtype, self._row_lane = (n,), dt, k
+        self._row = (dt, dims, k, most, budget)
 
     def put_row(self, item: object, future: object | None = None,
                 timeout: float | None = None) -> bool:  # fmt: skip
-        """``put(item, future, 1, item.nbytes, 2, timeout, lane, tag)`` for a schema row.
+        """``put(item, future, samples, item.nbytes, 2, timeout, lane, tag)`` for samples of
+        the schema.
 
         Returns:
             True when queued; False, queuing nothing, when there is no schema or ``item``
-            is not exactly an ndarray, not 1-D, or of another length or dtype.
+            is not exactly an ndarray of the schema's samples: a 1-D array of the sample
+            shape (one sample, when samples are 1-D) or ``(n, *shape)`` with ``1 <= n``
+            (``<= max_samples`` when set), of the schema's dtype (or an equivalent one),
+            of at most ``max_bytes`` bytes when set.
 
         Raises:
             As :meth:`put`.
         """
-        dtype = self._row_dtype
+        row = self._row
         it: Any = item
-        if dtype is None or it.__class__ is not np.ndarray or it.shape != self._row_shape:
+        if row is None or it.__class__ is not np.ndarray:
+            return False
+        dtype, shape, lane, most, budget = row
+        dims = it.shape
+        if len(dims) == 1:
+            if dims != shape:
+                return False
+            samples = 1
+        elif dims[1:] == shape:
+            samples = dims[0]
+            if samples < 1 or (most and samples > most):
+                return False
+        else:
             return False
         if (dt := it.dtype) is not dtype and dt != dtype:
             return False
-        row_lane = self._row_lane
+        nbytes = it.nbytes
+        if budget and nbytes > budget:
+            return False
         # A pinned lane's tag never changes.
-        self._push(item, future, 1, it.nbytes, 2, timeout, row_lane, self._lanes[row_lane].tag)
+        self._push(item, future, samples, nbytes, 2, timeout, lane, self._lanes[lane].tag)
         return True
 
     def _push(self, item: object, future: object | None, samples: int, nbytes: int,

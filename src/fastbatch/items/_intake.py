@@ -33,6 +33,7 @@ _DEFAULT = DEFAULT_PRIORITY
 # Accepts the enum members and their int values; bools are refused separately.
 _PRIORITIES = {int(p): int(p) for p in BatchPriority}
 _ndarray = np.ndarray
+_ROW_MAX_NDIM = 31  # the queues' put_row takes samples of up to 31 dimensions
 logger = logging.getLogger("fastbatch")
 
 
@@ -122,7 +123,10 @@ class Intake:
         # A QueueClosedError from it means: call put() (which says why it is closed).
         self.put_row: Any = None
         self.not_running_hint = ""
-        # The row lane (what put_row takes) as (lane, dtype, shape), once pinned.
+        # The array lane the queue's put_row takes (pinned for the run), and the queue.
+        self._pinned: tuple[Lane, Any] | None = None
+        # That lane as (lane, dtype, shape) when its samples are 1-D rows within the byte
+        # budget: put() checks such a row in Python without describe().
         self._row: tuple[Lane, Any, tuple[int, ...]] | None = None
         self._said_generic = False
         self._say_lock = threading.Lock()
@@ -131,10 +135,14 @@ class Intake:
         """A new ``max_batch_size``: items larger than it are split from the next call on."""
         self._config = config
         self._split_above = config.max_batch_size if config.split_oversized else 0
+        pinned = self._pinned
+        if pinned is not None:  # the queue's fast path must leave larger items to put()
+            lane, queue = pinned
+            queue.set_row_schema(lane.dtype, lane.sample_shape, lane.index, self._split_above, self._max_bytes)
 
     def attach(self, run: Any) -> None:
         """Route items to ``run``'s queue from now on, with lanes of its own."""
-        self._row = None
+        self._row = self._pinned = None
         self._said_generic = False
         self.run = run
         self.queue = run.queue
@@ -146,7 +154,7 @@ class Intake:
                         else None)
 
     def reset_after_fork(self, hint: str) -> None:
-        self.queue = self.run = self.put_row = self._target = None
+        self.queue = self.run = self.put_row = self._target = self._pinned = self._row = None
         self._say_lock = threading.Lock()
         self.not_running_hint = hint
 
@@ -410,15 +418,18 @@ class Intake:
 
     def lane_opened(self, lane: Lane, queue: Any) -> None:
         """A lane just opened (its queue lane is empty and known to nobody else yet)."""
-        # The row lane stays pinned for the run: with a single lane allowed, it would
-        # keep every other signature out for good.
-        if (lane.kind == ARRAY and self._row is None and lane.key is None and len(lane.sample_shape) == 1
-              and self.put_row is not None and self._config.max_lanes > 1 and not (
-                  self._max_bytes and lane.sample_shape[0] * lane.dtype.itemsize > self._max_bytes)):
-            # Rows of this lane now take the queue's C fast path (put_row), unless one
-            # row alone would exceed the byte budget.
-            queue.set_row_schema(lane.dtype, lane.sample_shape, lane.index)
-            self._row = (lane, lane.dtype, lane.sample_shape)
+        # The first array lane without a key takes the queue's C fast path (put_row) and
+        # stays pinned for the run: with a single lane allowed, it would keep every other
+        # signature out for good. The queue takes what describe() would send to this lane
+        # whole: no more samples than split_oversized allows in one part, no more bytes
+        # than the budget (put() says why an item is refused).
+        if (lane.kind == ARRAY and self._pinned is None and lane.key is None and self.put_row is not None
+                and self._config.max_lanes > 1 and len(lane.sample_shape) <= _ROW_MAX_NDIM):
+            queue.set_row_schema(lane.dtype, lane.sample_shape, lane.index, self._split_above, self._max_bytes)
+            self._pinned = (lane, queue)
+            if len(lane.sample_shape) == 1 and not (
+                    self._max_bytes and lane.sample_shape[0] * lane.dtype.itemsize > self._max_bytes):
+                self._row = (lane, lane.dtype, lane.sample_shape)
 
     def _first_generic(self, item: Any) -> None:
         """Once per run: items that are not numpy arrays each get their own call."""
