@@ -587,3 +587,23 @@ def test_items_without_futures_of_a_crashed_worker_are_counted_failed(make_proce
     assert poll(lambda: not processor.is_running)
     stats = processor.get_stats()
     assert (stats["total_failed"], stats["items_in_flight"], stats["total_processed"]) == (8, 0, 0), stats
+
+
+def test_a_worker_crash_after_its_batch_resolved_counts_nothing_twice(make_processor, monkeypatch):
+    # The batch's futures have their results when the worker fails: they stay resolved,
+    # counted once as processed, and nothing is left in flight or counted as expired.
+    from fastbatch.runtime import _scheduler
+
+    def crash(self, samples, seconds, resolved):
+        raise RuntimeError("a bug after the results went out")
+
+    monkeypatch.setattr(_scheduler.Scheduler, "handed_out", crash)
+    processor = make_processor(lambda b: b * 2, max_batch_size=4, batch_timeout=0.0)
+    processor.pause()
+    futures = [processor.enqueue_predict(r) for r in rows(0, 4)]
+    processor.resume()
+    assert [float(f.result(5)[0]) for f in futures] == [2.0 * i for i in range(4)]
+    assert poll(lambda: not processor.is_running)
+    stats = processor.get_stats()
+    assert (stats["total_processed"], stats["total_failed"], stats["items_in_flight"]) == (4, 0, 0), stats
+    assert processor._counters.expired_dropped == 0

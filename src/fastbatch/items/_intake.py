@@ -130,15 +130,19 @@ class Intake:
         self._row: tuple[Lane, Any, tuple[int, ...]] | None = None
         self._said_generic = False
         self._say_lock = threading.Lock()
+        # Orders pinning a lane (set_row_schema with the split size of the moment) against
+        # reconfigure() changing that size: either one sees the other's write.
+        self._schema_lock = threading.Lock()
 
     def reconfigure(self, config: BatchProcessorConfig) -> None:
         """A new ``max_batch_size``: items larger than it are split from the next call on."""
         self._config = config
-        self._split_above = config.max_batch_size if config.split_oversized else 0
-        pinned = self._pinned
-        if pinned is not None:  # the queue's fast path must leave larger items to put()
-            lane, queue = pinned
-            queue.set_row_schema(lane.dtype, lane.sample_shape, lane.index, self._split_above, self._max_bytes)
+        with self._schema_lock:
+            self._split_above = config.max_batch_size if config.split_oversized else 0
+            pinned = self._pinned
+            if pinned is not None:  # the queue's fast path must leave larger items to put()
+                lane, queue = pinned
+                queue.set_row_schema(lane.dtype, lane.sample_shape, lane.index, self._split_above, self._max_bytes)
 
     def attach(self, run: Any) -> None:
         """Route items to ``run``'s queue from now on, with lanes of its own."""
@@ -156,6 +160,7 @@ class Intake:
     def reset_after_fork(self, hint: str) -> None:
         self.queue = self.run = self.put_row = self._target = self._pinned = self._row = None
         self._say_lock = threading.Lock()
+        self._schema_lock = threading.Lock()
         self.not_running_hint = hint
 
     # -- the one way in ---------------------------------------------------------------
@@ -425,8 +430,9 @@ class Intake:
         # than the budget (put() says why an item is refused).
         if (lane.kind == ARRAY and self._pinned is None and lane.key is None and self.put_row is not None
                 and self._config.max_lanes > 1 and len(lane.sample_shape) <= _ROW_MAX_NDIM):
-            queue.set_row_schema(lane.dtype, lane.sample_shape, lane.index, self._split_above, self._max_bytes)
-            self._pinned = (lane, queue)
+            with self._schema_lock:
+                queue.set_row_schema(lane.dtype, lane.sample_shape, lane.index, self._split_above, self._max_bytes)
+                self._pinned = (lane, queue)
             if len(lane.sample_shape) == 1 and not (
                     self._max_bytes and lane.sample_shape[0] * lane.dtype.itemsize > self._max_bytes):
                 self._row = (lane, lane.dtype, lane.sample_shape)

@@ -193,10 +193,12 @@ class Run:
         with self._lock:  # every stopper past its deadline adds what it failed
             self.abandoned += failed
 
-    def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False) -> int:
+    def fail_leftovers(self, futures: list[Any], message: str, taken: bool = False, started: bool = False) -> int:
         """Fail items of this run that will never run (thread-safe), counting each outcome once.
 
-        ``taken``: the items had been taken for a batch (counted in flight). Returns how
+        ``taken``: the items had been taken for a batch (counted in flight); ``started``:
+        their batch had started (every future was running then, so one finished since was
+        resolved and counted, not expired while queued). Returns how
         many items failed (a future cancelled or expired meanwhile is not one of them).
         The one way leftovers fail: drained at a stop or by the last worker out, taken by
         a worker that stops or fails before their batch runs.
@@ -210,7 +212,7 @@ class Run:
         # caller, maybe a moment ago) or expired while queued.
         return without + fail_futures(futures, ProcessorStoppedError(message),
                                       run_callbacks=self.callbacks.submit, counters=self.counters,
-                                      taken=taken, leaving=True)
+                                      taken=taken, leaving=not started)
 
     def worker_exited(self) -> None:
         """Called on the last worker's thread as it ends: the run is over, whoever asked."""

@@ -217,7 +217,10 @@ class Scheduler:
         back (a closed loop's callers send again once they have their result)."""
         policy = self.policy
         if policy is not None:
-            policy.observe(samples, seconds, self.clock(), resolved, self.ema_processing_s)
+            try:
+                policy.observe(samples, seconds, self.clock(), resolved, self.ema_processing_s)
+            except Exception:  # noqa: BLE001 - the batch is out: a learning bug must not stop the worker
+                self._policy_failed()
 
     def _arrived(self, now_s: float, samples: int, backlog: int) -> None:
         last_s = self._last_end_s

@@ -101,7 +101,8 @@ class Worker:
         if batch is not None:
             # Items without a future are counted here unless the batch counted them already.
             self.run.fail_leftovers(batch.futures if not batch.counted else
-                                    [f for f in batch.futures if f is not None], message, taken=True)
+                                    [f for f in batch.futures if f is not None], message, taken=True,
+                                    started=True)
             batch.release()
         del batch
         if self._pool is not None:
